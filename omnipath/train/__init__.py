@@ -1,0 +1,1 @@
+"""Training: base LLM loading, conversation data, collator, trainer, synthetic tasks."""
