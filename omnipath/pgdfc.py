@@ -1,0 +1,361 @@
+"""PGDFC: prompt-guided detail feature completion (paper arXiv 2412.09521, DESIGN.md).
+
+1. The probe: Ψ = the first LLM layer's attention of the last input token over the
+   thumbnail's image tokens, mean over heads. Only that one row is computed, from layer 0's
+   queries and keys, inside a forward pre-hook on layer 0's self-attention: the model itself
+   keeps running sdpa / flash attention for everything else. O(L·D) extra work.
+2. Tissue filter at grid resolution (cells of the padded square thumbnail that are
+   background, padding included, are never chosen).
+3. Top-S cells (mode "attention"), S random tissue cells (mode "random", seeded: the paper's
+   ablation baseline) or nothing (mode "off").
+4. Cells → level-0 rectangles (with `DETAIL_CONTEXT` around each cell) → high-resolution reads
+   through the slide layer → the same vision towers (the engine calls
+   `model.encode_detail_patches`) → a short position text per patch.
+5. A token-budget check that drops patches (lowest score first) or refuses.
+
+Frames: `grid_` (row, col) cells of the model's g×g token grid over the square thumbnail;
+`l0_` level-0 pixels; `rel_` fractions of the level-0 width/height.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from omnipath.errors import OptionsError, TokenBudgetError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from omnipath.coords import L0Rect, ThumbFrame
+
+PgdfcMode = Literal["attention", "random", "off"]
+PGDFC_MODES: tuple[str, ...] = ("attention", "random", "off")
+
+# How much context around a grid cell is read, as a fraction of the cell side added on every
+# side: 0.25 reads 1.5 × the cell in each direction, centred on the cell, so that a gland or
+# a nest of cells cut by the cell border is still seen whole. The reported region (what the
+# viewer draws) is the same rectangle, clipped to the slide.
+DETAIL_CONTEXT = 0.25
+
+
+# --- 1. the probe ---------------------------------------------------------------------------
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def last_token_attention_row(
+    attn: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Softmax attention of the LAST position over all positions, per head, for one layer.
+
+    `attn` is a Llama-family self-attention module (q_proj, k_proj, head_dim, scaling; an
+    optional per-head q_norm/k_norm as in Qwen3). `hidden_states` B×L×D is the layer's input
+    AFTER its input_layernorm (what the self-attention module receives); `position_embeddings`
+    is the (cos, sin) pair B×L×head_dim the decoder passes to the layer. The row is computed
+    as the eager kernel would (RoPE, GQA key repeat, scaled dot product, fp32 softmax over all
+    L keys: the last query sees every key under the causal mask) but only for one query.
+    Assumes no earlier cache entries (the probe runs on the first prefill chunk).
+    Returns B×H×L float32.
+    """
+    head_dim = int(attn.head_dim)
+    b, length, _ = hidden_states.shape
+    last = hidden_states[:, -1:, :]
+    q = attn.q_proj(last).view(b, 1, -1, head_dim)
+    k = attn.k_proj(hidden_states).view(b, length, -1, head_dim)
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    if hasattr(attn, "k_norm"):
+        k = attn.k_norm(k)
+    q = q.transpose(1, 2)  # B×H×1×hd
+    k = k.transpose(1, 2)  # B×Hkv×L×hd
+    cos, sin = position_embeddings
+    cos = cos.unsqueeze(1)  # B×1×L×hd
+    sin = sin.unsqueeze(1)
+    q = q * cos[:, :, -1:] + _rotate_half(q) * sin[:, :, -1:]
+    k = k * cos + _rotate_half(k) * sin
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:  # grouped-query attention: each key head serves n_rep query heads
+        k = k.repeat_interleave(n_rep, dim=1)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * float(attn.scaling)
+    return scores.softmax(dim=-1)[:, :, 0, :]  # B×H×L
+
+
+def first_attention_module(language_model: nn.Module) -> nn.Module:
+    """Layer 0's self-attention of a transformers causal LM (Llama, Mistral, Qwen, ...)."""
+    decoder = language_model.get_decoder() if hasattr(language_model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if layers is not None and len(layers) > 0 and hasattr(layers[0], "self_attn"):
+        return layers[0].self_attn
+    for module in language_model.modules():  # fallback: the first q/k projection pair
+        if hasattr(module, "q_proj") and hasattr(module, "k_proj") and hasattr(module, "head_dim"):
+            return module
+    raise TypeError(f"{type(language_model).__name__} has no Llama-style self-attention to probe")
+
+
+class AttentionProbe:
+    """Captures Ψ's row during the next forward pass of a causal LM.
+
+    Use as a context manager around the prefix prefill:
+
+        with AttentionProbe(model.language_model) as probe:
+            decoder(inputs_embeds=prefix, cache=cache, use_cache=True)
+        probe.row  # B×L float32: last token's attention over all L prefix positions, head mean
+
+    Only the first forward inside the block is captured; the hook is removed on exit, so the
+    following chunks (detail blocks, decoding) run untouched. `seconds` is the probe's own cost.
+    """
+
+    def __init__(self, language_model: nn.Module) -> None:
+        self.attn = first_attention_module(language_model)
+        self.row: torch.Tensor | None = None
+        self.heads: torch.Tensor | None = None
+        self.seconds = 0.0
+        self._handle: Any = None
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.row is not None:
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        position_embeddings = kwargs.get("position_embeddings")
+        if hidden is None or position_embeddings is None:
+            raise RuntimeError("layer 0's attention was called without hidden states or RoPE")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and cache.get_seq_length() > 0:
+            raise RuntimeError("the PGDFC probe must run on the first prefill chunk")
+        start = time.perf_counter()
+        with torch.no_grad():
+            heads = last_token_attention_row(module, hidden, position_embeddings)
+            self.heads = heads
+            self.row = heads.mean(dim=1)
+        if hidden.is_cuda:
+            torch.cuda.synchronize(hidden.device)
+        self.seconds = time.perf_counter() - start
+        return None
+
+    def __enter__(self) -> AttentionProbe:
+        self._handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+def psi_grid(
+    row: torch.Tensor, image_positions: torch.Tensor | Sequence[int], grid: int
+) -> np.ndarray:
+    """Ψ on the token grid: `row` (L,) or 1×L, the thumbnail's N = grid² image-token positions
+    in raster order → float32 grid×grid (grid_row, grid_col)."""
+    flat = row.reshape(-1).float().cpu()
+    positions = torch.as_tensor(image_positions, dtype=torch.long).cpu()
+    if positions.numel() != grid * grid:
+        raise ValueError(f"{positions.numel()} image positions for a {grid}×{grid} grid")
+    return flat[positions].reshape(grid, grid).numpy().astype(np.float32)
+
+
+# --- 2./3. cell selection ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A grid cell chosen for a detail read. `score` = Ψ there (NaN when no probe ran)."""
+
+    grid_row: int
+    grid_col: int
+    score: float
+    rank: int
+
+
+def validate_mode(mode: str) -> None:
+    if mode not in PGDFC_MODES:
+        raise OptionsError(
+            f"PGDFC mode {mode!r} is not known; use one of: {', '.join(PGDFC_MODES)}."
+        )
+
+
+def validate_s(s: object, *, mode: str) -> None:
+    """S checks that need no slide (the engine checks S against the tissue cells later)."""
+    if isinstance(s, bool) or not isinstance(s, int):
+        raise OptionsError(f"S (the number of detail patches) must be a whole number, not {s!r}.")
+    if mode != "off" and s < 1:
+        raise OptionsError(
+            f"S = {s}: PGDFC needs at least one detail patch; "
+            "use pgdfc_mode='off' to answer from the thumbnail alone."
+        )
+
+
+def tissue_cells(tissue_fraction_grid: np.ndarray, threshold: float) -> np.ndarray:
+    """grid×grid bool: cells whose tissue fraction reaches `threshold` (background and the
+    thumbnail's white padding fall below it)."""
+    return np.asarray(tissue_fraction_grid, dtype=np.float32) >= float(threshold)
+
+
+def select_cells(
+    *,
+    mode: str,
+    s: int,
+    tissue: np.ndarray,
+    psi: np.ndarray | None = None,
+    seed: int = 0,
+) -> list[Cell]:
+    """Choose the cells to read at high resolution.
+
+    tissue: grid×grid bool (`tissue_cells`); psi: grid×grid Ψ (required for "attention").
+    "attention": the S tissue cells with the highest Ψ (ties: raster order).
+    "random": S tissue cells drawn uniformly without replacement by numpy's PCG64 from
+    `seed` (same seed, same cells). "off": none. Background cells are never returned.
+    Raises OptionsError when S exceeds the number of tissue cells.
+    """
+    validate_mode(mode)
+    validate_s(s, mode=mode)
+    if mode == "off":
+        return []
+    tissue = np.asarray(tissue, dtype=bool)
+    flat_tissue = np.flatnonzero(tissue.reshape(-1))
+    grid_cols = tissue.shape[1]
+    if s > flat_tissue.size:
+        raise OptionsError(
+            f"S = {s} detail patches were asked for, but only {flat_tissue.size} of the "
+            f"{tissue.shape[0]}×{grid_cols} thumbnail cells hold tissue; "
+            f"choose S ≤ {flat_tissue.size}"
+            + (" or pgdfc_mode='off'." if flat_tissue.size == 0 else ".")
+        )
+    flat_psi = None if psi is None else np.asarray(psi, dtype=np.float64).reshape(-1)
+    if mode == "attention":
+        if flat_psi is None:
+            raise ValueError("mode 'attention' needs Ψ")
+        # stable sort on -Ψ: ties keep raster order, so the choice is deterministic
+        order = np.argsort(-flat_psi[flat_tissue], kind="stable")
+        chosen = flat_tissue[order[:s]]
+    else:
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(flat_tissue, size=s, replace=False)
+    return [
+        Cell(
+            grid_row=int(index // grid_cols),
+            grid_col=int(index % grid_cols),
+            score=float("nan") if flat_psi is None else float(flat_psi[index]),
+            rank=rank,
+        )
+        for rank, index in enumerate(chosen, start=1)
+    ]
+
+
+# --- 4. cells → level-0 reads -------------------------------------------------------------------
+
+
+def cell_read_rect(
+    frame: ThumbFrame, cell: Cell, grid: int, context: float = DETAIL_CONTEXT
+) -> L0Rect:
+    """The SQUARE level-0 rectangle read for a cell: the cell plus `context` × its side on every
+    side, not clipped (the slide layer returns white outside the slide), so every detail
+    patch has the same scale and aspect whatever its position."""
+    from omnipath.coords import L0Rect
+
+    thumb_cell = frame.side / grid
+    thumb_x0 = (cell.grid_col - context) * thumb_cell
+    thumb_y0 = (cell.grid_row - context) * thumb_cell
+    thumb_x1 = (cell.grid_col + 1 + context) * thumb_cell
+    thumb_y1 = (cell.grid_row + 1 + context) * thumb_cell
+    l0_x0, l0_y0 = frame.thumb_to_l0(thumb_x0, thumb_y0)
+    l0_x1, l0_y1 = frame.thumb_to_l0(thumb_x1, thumb_y1)
+    side = max(1, round(max(l0_x1 - l0_x0, l0_y1 - l0_y0)))
+    return L0Rect(x=math.floor(l0_x0), y=math.floor(l0_y0), w=side, h=side)
+
+
+def cell_region(
+    frame: ThumbFrame, cell: Cell, grid: int, context: float = DETAIL_CONTEXT
+) -> L0Rect | None:
+    """The region reported to the user for a cell: the read rectangle clipped to the slide
+    (None when it lies entirely in the padding, which the tissue filter already excludes)."""
+    return frame.grid_cell_to_l0(cell.grid_row, cell.grid_col, grid, context=context)
+
+
+def detail_read_side(
+    l0_side: int, *, slide_mpp: float | None, detail_mpp: float | None, encoder_side: int
+) -> int:
+    """Pixel side at which a square level-0 read of `l0_side` pixels is requested.
+
+    At the detail magnification (`detail_mpp` µm/px, e.g. 0.5 for 20×) when the slide's
+    resolution is known, never more than the vision encoder consumes (`encoder_side`; a
+    larger read would only be downsampled again) and never upsampled past level 0.
+    """
+    side = encoder_side
+    if slide_mpp and detail_mpp:
+        side = min(side, round(l0_side * slide_mpp / detail_mpp))
+    return int(max(16, min(side, l0_side)))
+
+
+def read_detail_patches(slide: Any, rects: Sequence[L0Rect], out_side: int) -> torch.Tensor:
+    """High-resolution reads through the slide layer → S×3×out_side×out_side float in [0, 1]."""
+    images = [slide.read_l0_region(rect, (out_side, out_side)) for rect in rects]
+    return images_to_tensor(images)
+
+
+def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL RGB images of one size → B×3×H×W float32 in [0, 1]."""
+    arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
+    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return stacked.float().div_(255.0)
+
+
+def position_text(index: int, l0_rect: L0Rect, l0_width: int, l0_height: int) -> str:
+    """The short text that precedes detail patch `index` (1-based): where it lies on the slide,
+    in relative coordinates (the frame the model writes boxes in), clipped to 0–1."""
+
+    def frac(value: float, total: int) -> float:
+        return min(1.0, max(0.0, value / total))
+
+    x0, x1 = frac(l0_rect.x, l0_width), frac(l0_rect.x + l0_rect.w, l0_width)
+    y0, y1 = frac(l0_rect.y, l0_height), frac(l0_rect.y + l0_rect.h, l0_height)
+    return f"Detail {index} at x {x0:.2f}-{x1:.2f}, y {y0:.2f}-{y1:.2f}:"
+
+
+# --- 5. token budget ----------------------------------------------------------------------------
+
+
+def fit_detail_budget(
+    *,
+    base_tokens: int,
+    patch_tokens: Sequence[int],
+    max_new_tokens: int,
+    context_length: int | None,
+) -> int:
+    """How many detail patches fit the context (patches come sorted by score, best first, so
+    keeping a prefix drops the lowest-scoring ones).
+
+    base_tokens: the prompt without detail blocks (thumbnail tokens, history, question,
+    assistant prompt); patch_tokens[i]: patch i's image tokens plus its position text.
+    Raises TokenBudgetError when even the base prompt plus `max_new_tokens` does not fit.
+    """
+    if context_length is None:
+        return len(patch_tokens)
+    if base_tokens + max_new_tokens > context_length:
+        raise TokenBudgetError(
+            f"The conversation, the thumbnail and the question take {base_tokens} tokens; "
+            f"with up to {max_new_tokens} new tokens that exceeds the model's context of "
+            f"{context_length}. Start a new conversation, shorten the question or lower "
+            "max_new_tokens."
+        )
+    used = base_tokens + max_new_tokens
+    kept = 0
+    for tokens in patch_tokens:
+        if used + tokens > context_length:
+            break
+        used += tokens
+        kept += 1
+    return kept

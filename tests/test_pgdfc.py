@@ -1,0 +1,222 @@
+"""PGDFC: the probe equals eager attention, cell selection, reads, budget, options."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from omnipath.coords import L0Rect, ThumbFrame
+from omnipath.errors import OptionsError, TokenBudgetError
+from omnipath.pgdfc import (
+    DETAIL_CONTEXT,
+    AttentionProbe,
+    Cell,
+    cell_read_rect,
+    cell_region,
+    detail_read_side,
+    fit_detail_budget,
+    position_text,
+    psi_grid,
+    select_cells,
+    tissue_cells,
+)
+
+
+def _llama(attn: str, *, kv_heads: int = 2, rope_theta: float = 10000.0) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        attn_implementation=attn,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_probe_matches_eager_output_attentions(kv_heads: int) -> None:
+    torch.manual_seed(0)
+    fast = _llama("sdpa", kv_heads=kv_heads)
+    eager = _llama("eager", kv_heads=kv_heads)
+    eager.load_state_dict(fast.state_dict())
+    embeds = torch.randn(1, 40, 64)
+    with torch.no_grad():
+        with AttentionProbe(fast) as probe:
+            out = fast(inputs_embeds=embeds, use_cache=True)
+        reference = eager(inputs_embeds=embeds, output_attentions=True)
+    assert fast.config._attn_implementation == "sdpa"  # the model itself never went eager
+    expected = reference.attentions[0][:, :, -1, :]  # B×H×L, layer 0, last query
+    assert probe.heads is not None and probe.row is not None
+    assert torch.allclose(probe.heads, expected, atol=1e-5)
+    assert torch.allclose(probe.row, expected.mean(dim=1), atol=1e-5)
+    assert out.cache.get_seq_length() == 40  # the same prefill filled the cache
+
+
+def test_probe_captures_only_the_first_chunk_and_unhooks() -> None:
+    torch.manual_seed(1)
+    model = _llama("sdpa")
+    with torch.no_grad():
+        with AttentionProbe(model) as probe:
+            out = model(inputs_embeds=torch.randn(1, 12, 64), use_cache=True)
+            first = probe.row.clone()
+            model(inputs_embeds=torch.randn(1, 3, 64), cache=out.cache, use_cache=True)
+        assert torch.equal(probe.row, first) and first.shape == (1, 12)
+    layer0 = model.model.layers[0].self_attn
+    assert not layer0._forward_pre_hooks
+
+
+def _planted_llama(signal_dim: int) -> LlamaForCausalLM:
+    """One head whose q·k only reads input dimension `signal_dim`, written into the lowest-
+    frequency RoPE pair (rotation ≈ 0 over a few hundred positions): Ψ peaks exactly on the
+    positions whose embedding carries that dimension."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e9},
+    )
+    model = LlamaForCausalLM(config).eval()
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():
+        attn.q_proj.weight.zero_()
+        attn.k_proj.weight.zero_()
+        attn.q_proj.weight[15, signal_dim] = 1.0  # pair (15, 31) is the slowest RoPE pair
+        attn.k_proj.weight[15, signal_dim] = 1.0
+    return model
+
+
+def test_planted_cells_are_found_and_background_never_chosen() -> None:
+    grid, signal_dim = 6, 0
+    model = _planted_llama(signal_dim)
+    n_image, n_text = grid * grid, 5
+    embeds = torch.randn(1, n_image + n_text, 32) * 0.1
+    embeds[..., signal_dim] = 0.0
+    planted_tissue = [(1, 1), (2, 4), (4, 2)]
+    planted_background = [(0, 5), (5, 0)]  # even stronger peaks, but on background
+    for r, c in planted_tissue:
+        embeds[0, r * grid + c, signal_dim] = 1.0
+    for r, c in planted_background:
+        embeds[0, r * grid + c, signal_dim] = 2.0
+    embeds[0, -1, signal_dim] = 3.0  # the last (question) token looks for the signal
+    with torch.no_grad(), AttentionProbe(model) as probe:
+        model(inputs_embeds=embeds, use_cache=True)
+    psi = psi_grid(probe.row, list(range(n_image)), grid)
+    tissue = np.ones((grid, grid), dtype=bool)
+    for r, c in planted_background:
+        tissue[r, c] = False
+    tissue[0, :] = False  # a padding row
+    cells = select_cells(mode="attention", s=3, tissue=tissue, psi=psi)
+    assert {(c.grid_row, c.grid_col) for c in cells} == set(planted_tissue)
+    assert [c.rank for c in cells] == [1, 2, 3]
+    assert all(a.score >= b.score for a, b in zip(cells, cells[1:], strict=False))
+    many = select_cells(mode="attention", s=int(tissue.sum()), tissue=tissue, psi=psi)
+    assert all(tissue[c.grid_row, c.grid_col] for c in many)
+
+
+def test_random_mode_is_seeded_over_tissue_and_differs_from_attention() -> None:
+    rng = np.random.default_rng(5)
+    psi = rng.random((8, 8)).astype(np.float32)
+    tissue = np.zeros((8, 8), dtype=bool)
+    tissue[2:7, 1:7] = True
+    top = select_cells(mode="attention", s=6, tissue=tissue, psi=psi)
+    a = select_cells(mode="random", s=6, tissue=tissue, psi=psi, seed=3)
+    b = select_cells(mode="random", s=6, tissue=tissue, psi=psi, seed=3)
+    c = select_cells(mode="random", s=6, tissue=tissue, psi=psi, seed=4)
+    cells = lambda xs: [(x.grid_row, x.grid_col) for x in xs]  # noqa: E731
+    assert cells(a) == cells(b)
+    assert cells(a) != cells(c)
+    assert set(cells(a)) != set(cells(top))
+    assert all(tissue[r, col] for r, col in cells(a) + cells(c))
+    assert len(set(cells(a))) == 6
+    # the probe score is still reported for random picks
+    assert a[0].score == pytest.approx(float(psi[a[0].grid_row, a[0].grid_col]))
+    assert math.isnan(select_cells(mode="random", s=1, tissue=tissue, seed=0)[0].score)
+
+
+def test_off_mode_selects_nothing() -> None:
+    assert select_cells(mode="off", s=0, tissue=np.ones((3, 3), bool)) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [
+        ({"mode": "attention", "s": 0}, "at least one detail patch"),
+        ({"mode": "random", "s": -2}, "at least one detail patch"),
+        ({"mode": "attention", "s": 7}, "only 6 of the 4×4 thumbnail cells hold tissue"),
+        ({"mode": "attention", "s": 2.5}, "whole number"),
+        ({"mode": "zoom", "s": 2}, "not known"),
+    ],
+)
+def test_bad_options_raise_clear_errors(kwargs: dict, phrase: str) -> None:
+    tissue = np.zeros((4, 4), dtype=bool)
+    tissue[1:3, 0:3] = True
+    with pytest.raises(OptionsError, match=phrase):
+        select_cells(tissue=tissue, psi=np.zeros((4, 4)), **kwargs)
+
+
+def test_tissue_threshold() -> None:
+    fractions = np.array([[0.0, 0.04], [0.05, 0.9]], dtype=np.float32)
+    assert tissue_cells(fractions, 0.05).tolist() == [[False, False], [True, True]]
+
+
+def test_read_rects_are_square_with_context_and_regions_clipped() -> None:
+    frame = ThumbFrame(l0_width=6000, l0_height=3000, side=60)  # scale 0.01, pad_y 15
+    grid = 6  # 10 thumb px = 1000 l0 px per cell
+    corner = Cell(grid_row=1, grid_col=0, score=1.0, rank=1)  # thumb y 10..20: half padding
+    read = cell_read_rect(frame, corner, grid)
+    assert read.w == read.h == round(1000 * (1 + 2 * DETAIL_CONTEXT))
+    assert (read.x, read.y) == (-250, -750)
+    region = cell_region(frame, corner, grid)
+    assert region == L0Rect(0, 0, 1250, 750)
+    assert cell_region(frame, Cell(0, 0, 1.0, 1), grid) is None  # all padding
+
+
+def test_detail_read_side() -> None:
+    # 2000 l0 px at 0.25 µm/px read at 20× (0.5 µm/px) → 1000 px, capped by the encoder
+    assert detail_read_side(2000, slide_mpp=0.25, detail_mpp=0.5, encoder_side=384) == 384
+    assert detail_read_side(400, slide_mpp=0.25, detail_mpp=0.5, encoder_side=384) == 200
+    assert detail_read_side(100, slide_mpp=None, detail_mpp=0.5, encoder_side=384) == 100
+    assert detail_read_side(5000, slide_mpp=None, detail_mpp=None, encoder_side=224) == 224
+
+
+def test_position_text() -> None:
+    text = position_text(1, L0Rect(24600, 8800, 3600, 2400), 60000, 40000)
+    assert text == "Detail 1 at x 0.41-0.47, y 0.22-0.28:"
+    assert "x 0.00-" in position_text(2, L0Rect(-100, 0, 200, 200), 1000, 1000)
+
+
+def test_budget_drops_lowest_patches_then_refuses() -> None:
+    assert (
+        fit_detail_budget(
+            base_tokens=100, patch_tokens=[10] * 8, max_new_tokens=20, context_length=None
+        )
+        == 8
+    )
+    assert (
+        fit_detail_budget(
+            base_tokens=100, patch_tokens=[10] * 8, max_new_tokens=20, context_length=200
+        )
+        == 8
+    )
+    assert (
+        fit_detail_budget(
+            base_tokens=100, patch_tokens=[10] * 8, max_new_tokens=20, context_length=155
+        )
+        == 3
+    )
+    with pytest.raises(TokenBudgetError, match="exceeds the model's context of 110"):
+        fit_detail_budget(base_tokens=100, patch_tokens=[10], max_new_tokens=20, context_length=110)
