@@ -1,0 +1,173 @@
+"""Batching conversations: chat template, image-token expansion, labels and mask targets.
+
+Sequence layout of one example (token ids, B×L after padding on the right):
+
+    [chat template ... user: <image>×N "\\n" question ("\\n" detail text <image>×P)×S ...
+     assistant: answer tokens (labels) ... ]
+
+- The thumbnail's `<image>` expands to N = `num_image_tokens` copies of the image token id;
+  each detail patch's `<image>` to P = `tokens_per_patch` copies (the same id, as the model
+  expects: placeholder count = N + S·P).
+- Labels are -100 everywhere except the assistant turns' own tokens (their end-of-turn
+  marker included, so the model learns to stop); `<mask>` in an answer is a label like any
+  other token, so the model learns to emit it.
+- `mask_targets` K×1×H×W (thumb frame, {0, 1}) follow the order of the `<mask>` tokens in
+  the answers, batch-major; `mask_inputs` likewise for `<mask>` in user turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from omnipath.train.data import IMAGE_PLACEHOLDER, DatasetError, Example
+
+IGNORE_INDEX = -100
+
+# Used only when a tokenizer has no chat template (some test tokenizers).
+_FALLBACK_ROLE_PREFIX = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
+
+
+def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """The chat as text: the tokenizer's chat template, or a plain fallback without one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    eos = tokenizer.eos_token or ""
+    text = "".join(f"{_FALLBACK_ROLE_PREFIX[m['role']]}{m['content']}{eos}\n" for m in messages)
+    return text + (_FALLBACK_ROLE_PREFIX["assistant"] if add_generation_prompt else "")
+
+
+def detail_block_text(texts: Sequence[str]) -> str:
+    """The detail blocks appended to the question: each position text, then one `<image>`."""
+    return "".join(f"\n{text} {IMAGE_PLACEHOLDER}" for text in texts)
+
+
+@dataclass
+class ConversationCollator:
+    """Turns a list of `Example`s into model inputs (see the module docstring).
+
+    Returns a dict: input_ids B×L, attention_mask B×L, labels B×L, images B×3×S×S,
+    detail_images ΣP×3×d×d or None, detail_counts list[int] (patches per example),
+    mask_inputs K_in×1×S×S or None, mask_targets K×1×S×S or None.
+    """
+
+    tokenizer: object
+    image_token_id: int
+    mask_token_id: int
+    num_image_tokens: int
+    tokens_per_patch: int
+    max_length: int = 4096
+    detail_placement: Literal["user", "after_prompt"] = "user"
+
+    def _pieces(self, example: Example) -> list[tuple[str, bool]]:
+        """(text, is_label) pieces whose concatenation is the whole rendered chat."""
+        record = example.record
+        messages = [{"role": t.role, "content": t.text} for t in record.turns]
+        details = detail_block_text([d.text for d in record.details])
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        if details and self.detail_placement == "user":
+            messages[last_user] = {
+                "role": "user",
+                "content": messages[last_user]["content"] + details,
+            }
+        pieces: list[tuple[str, bool]] = []
+        done = ""
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = render_chat(self.tokenizer, messages[:i], add_generation_prompt=True)
+            full = render_chat(self.tokenizer, messages[: i + 1], add_generation_prompt=False)
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                raise DatasetError(
+                    f"record {record.id!r}: the chat template does not render turns as a "
+                    "prefix of the next; cannot place labels."
+                )
+            context = prompt[len(done) :]
+            if details and self.detail_placement == "after_prompt" and i == last_user + 1:
+                context += details.lstrip("\n") + "\n"
+            pieces.append((context, False))
+            pieces.append((full[len(prompt) :], True))
+            done = full
+        return pieces
+
+    def _encode(self, example: Example) -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        for text, is_label in self._pieces(example):
+            piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids.extend(piece)
+            labels.extend(piece if is_label else [IGNORE_INDEX] * len(piece))
+        n_details = len(example.record.details)
+        placeholders = ids.count(self.image_token_id)
+        if placeholders != 1 + n_details:
+            raise DatasetError(
+                f"record {example.record.id!r}: {placeholders} <image> placeholder(s) for "
+                f"1 thumbnail and {n_details} detail patch(es)."
+            )
+        if example.details.shape[0] != n_details:
+            raise DatasetError(f"record {example.record.id!r}: detail pixels do not match records.")
+        # Expand: the first placeholder is the thumbnail, the rest are detail patches.
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        seen = 0
+        for token, label in zip(ids, labels, strict=True):
+            if token == self.image_token_id:
+                count = self.num_image_tokens if seen == 0 else self.tokens_per_patch
+                seen += 1
+                out_ids.extend([self.image_token_id] * count)
+                out_labels.extend([IGNORE_INDEX] * count)
+            else:
+                out_ids.append(token)
+                out_labels.append(label)
+        # Every <mask> must have its map: inputs in user turns, targets in answers.
+        n_mask_targets = sum(
+            1
+            for t, lab in zip(out_ids, out_labels, strict=True)
+            if t == self.mask_token_id and lab != IGNORE_INDEX
+        )
+        n_mask_inputs = out_ids.count(self.mask_token_id) - n_mask_targets
+        if n_mask_targets != len(example.mask_targets) or n_mask_inputs != len(example.mask_inputs):
+            raise DatasetError(
+                f"record {example.record.id!r}: <mask> tokens ({n_mask_inputs} in questions, "
+                f"{n_mask_targets} in answers) do not match its mask files "
+                f"({len(example.mask_inputs)}, {len(example.mask_targets)})."
+            )
+        if len(out_ids) > self.max_length:
+            raise DatasetError(
+                f"record {example.record.id!r} needs {len(out_ids)} tokens, more than "
+                f"max_length = {self.max_length}; shorten it or use fewer detail patches."
+            )
+        return out_ids, out_labels
+
+    def __call__(self, examples: Sequence[Example]) -> dict:
+        encoded = [self._encode(e) for e in examples]
+        length = max(len(ids) for ids, _ in encoded)
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id or 0
+        batch = len(examples)
+        input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        for row, (ids, labs) in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(labs)] = torch.tensor(labs)
+            attention_mask[row, : len(ids)] = 1
+        details = [e.details for e in examples if e.details.shape[0] > 0]
+        mask_inputs = [m for e in examples for m in e.mask_inputs]
+        mask_targets = [m for e in examples for m in e.mask_targets]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "images": torch.stack([e.image for e in examples]),
+            "detail_images": torch.cat(details) if details else None,
+            "detail_counts": [int(e.details.shape[0]) for e in examples],
+            "mask_inputs": torch.stack(mask_inputs) if mask_inputs else None,
+            "mask_targets": torch.stack(mask_targets) if mask_targets else None,
+        }

@@ -1,0 +1,182 @@
+"""The conversation format and the collator: image-token expansion, labels, mask placement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omnipath.coords import RelBox
+from omnipath.train.collator import IGNORE_INDEX, ConversationCollator
+from omnipath.train.data import ConversationDataset, DatasetError, format_rel_box, read_records
+
+N_IMAGE, P_DETAIL, SIDE = 16, 4, 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    pytest.importorskip("gguf")
+    from omnipath.errors import ModelNotFoundError
+    from omnipath.train.base_llm import load_smollm2_tokenizer
+
+    try:
+        return load_smollm2_tokenizer()
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def _write_dataset(tmp_path, records):
+    Image.new("RGB", (40, 20), (200, 100, 150)).save(tmp_path / "wide.png")  # 2:1 → padded
+    Image.new("RGB", (8, 8), (90, 40, 120)).save(tmp_path / "detail.png")
+    mask = np.zeros((20, 40), np.uint8)
+    mask[:, :20] = 255  # left half of the image
+    Image.fromarray(mask).save(tmp_path / "left.png")
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _collator(tokenizer):
+    return ConversationCollator(
+        tokenizer,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        mask_token_id=tokenizer.convert_tokens_to_ids("<mask>"),
+        num_image_tokens=N_IMAGE,
+        tokens_per_patch=P_DETAIL,
+    )
+
+
+def test_box_text_format():
+    assert (
+        format_rel_box(RelBox(0.1, 0.25, 0.5, 1.0), "lesion")
+        == "lesion: [0.100, 0.250, 0.500, 1.000]"
+    )
+
+
+def test_collator_expands_images_labels_answers_and_places_masks(tmp_path, tokenizer):
+    records = [
+        {
+            "id": "a",
+            "image": "wide.png",
+            "details": [{"image": "detail.png", "text": "Detail 1 at x 0.10-0.20, y 0.30-0.40:"}]
+            * 2,
+            "conversations": [
+                {"from": "human", "value": "<image>\nSegment the lesion."},
+                {"from": "gpt", "value": "Here it is: <mask>", "masks": ["left.png"]},
+            ],
+        },
+        {
+            "id": "b",
+            "image": "wide.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is in <mask>?", "masks": ["left.png"]},
+                {"from": "gpt", "value": "Stroma."},
+                {"from": "human", "value": "Sure?"},
+                {"from": "gpt", "value": "Yes."},
+            ],
+        },
+    ]
+    path = _write_dataset(tmp_path, records)
+    dataset = ConversationDataset(path, thumb_side=SIDE, detail_side=8)
+    collator = _collator(tokenizer)
+    batch = collator([dataset[0], dataset[1]])
+    image_id = collator.image_token_id
+    mask_id = collator.mask_token_id
+    ids, labels, attn = batch["input_ids"], batch["labels"], batch["attention_mask"]
+
+    # image tokens: N for the thumbnail plus P per detail patch; never labels
+    assert (ids[0] == image_id).sum() == N_IMAGE + 2 * P_DETAIL
+    assert (ids[1] == image_id).sum() == N_IMAGE
+    assert not ((labels != IGNORE_INDEX) & (ids == image_id)).any()
+    # the thumbnail's tokens are contiguous; detail blocks follow the question
+    first = (ids[0] == image_id).nonzero().flatten()
+    assert (first[:N_IMAGE] == torch.arange(first[0], first[0] + N_IMAGE)).all()
+    assert batch["detail_images"].shape == (2, 3, 8, 8)
+    assert batch["detail_counts"] == [2, 0]
+
+    # labels: exactly the answers' tokens (plus the end-of-turn marker)
+    def label_text(row):
+        keep = labels[row][labels[row] != IGNORE_INDEX]
+        return tokenizer.decode(keep)
+
+    assert label_text(0).startswith("Here it is: <mask>")
+    assert "Segment" not in label_text(0)
+    assert "Stroma." in label_text(1) and "Yes." in label_text(1)
+    assert "Sure?" not in label_text(1) and "What is in" not in label_text(1)
+    # the <mask> in the answer is a label; the one in the question is not
+    assert ((ids[0] == mask_id) & (labels[0] == mask_id)).sum() == 1
+    assert ((ids[1] == mask_id) & (labels[1] == IGNORE_INDEX)).sum() == 1
+    # padding: right side, masked out of attention and labels
+    pad_row = 0 if attn[0].sum() < attn[1].sum() else 1
+    assert attn[pad_row, -1] == 0 and attn[pad_row, 0] == 1
+    assert (labels[pad_row][attn[pad_row] == 0] == IGNORE_INDEX).all()
+
+    # masks in the thumb frame: the 40×20 image is padded to a 32 px square (8 px bars on
+    # top and bottom); the left half of the content is inside the mask
+    target = batch["mask_targets"]
+    assert target.shape == (1, 1, SIDE, SIDE)
+    assert target[0, 0, 16, 4] == 1 and target[0, 0, 16, 28] == 0
+    assert target[0, 0, 2, 4] == 0  # padding is never mask
+    assert batch["mask_inputs"].shape == (1, 1, SIDE, SIDE)
+    # the image itself is padded white
+    assert torch.allclose(batch["images"][0, :, 2, 16], torch.ones(3))
+
+
+def test_mask_count_mismatch_is_a_clear_error(tmp_path):
+    path = _write_dataset(
+        tmp_path,
+        [
+            {
+                "id": "x",
+                "image": "wide.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nSegment."},
+                    {"from": "gpt", "value": "<mask> and <mask>", "masks": ["left.png"]},
+                ],
+            }
+        ],
+    )
+    with pytest.raises(DatasetError, match="2 <mask> token"):
+        read_records(path)
+
+
+def test_missing_image_placeholder_is_a_clear_error(tmp_path):
+    path = _write_dataset(
+        tmp_path,
+        [
+            {
+                "id": "x",
+                "image": "wide.png",
+                "conversations": [
+                    {"from": "human", "value": "No image here."},
+                    {"from": "gpt", "value": "Ok."},
+                ],
+            }
+        ],
+    )
+    with pytest.raises(DatasetError, match="exactly once"):
+        read_records(path)
+
+
+def test_too_long_record_is_a_clear_error(tmp_path, tokenizer):
+    path = _write_dataset(
+        tmp_path,
+        [
+            {
+                "id": "x",
+                "image": "wide.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nHi"},
+                    {"from": "gpt", "value": "Ok."},
+                ],
+            }
+        ],
+    )
+    collator = _collator(tokenizer)
+    collator.max_length = 10
+    dataset = ConversationDataset(path, thumb_side=SIDE, detail_side=8)
+    with pytest.raises(DatasetError, match="max_length"):
+        collator([dataset[0]])
