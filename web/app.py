@@ -1,0 +1,50 @@
+"""The OmniPath app: a FastAPI server with the deep-zoom routes and the Gradio UI mounted on it."""
+
+from __future__ import annotations
+
+import gradio as gr
+from fastapi import FastAPI
+
+from web.config import WebConfig
+from web.services import WebServices, build_services, register_initial_slide
+from web.tile_routes import tile_router
+from web.viewer_component import build_viewer, mount_viewer_assets, viewer_state
+
+NOT_CONNECTED = (
+    "The model is not connected yet: you can open and explore slides; "
+    "questions will be answered once the chat lands."
+)
+
+
+def initial_viewer_state(services: WebServices) -> str:
+    slide_id = services.initial_slide_id
+    if slide_id is None:
+        return viewer_state(None)
+    return viewer_state(slide_id, services.tiles.meta(slide_id).to_dict())
+
+
+def build_demo(config: WebConfig, services: WebServices | None = None) -> gr.Blocks:
+    """The Gradio UI. `services` defaults to fresh ones with the initial slide registered."""
+    if services is None:
+        services = build_services(config)
+        register_initial_slide(services, config)
+    with gr.Blocks(title="OmniPath") as demo:
+        gr.Markdown("## OmniPath — whole-slide viewer")
+        gr.Markdown(NOT_CONNECTED, elem_id="omnipath-model-status")
+        build_viewer(initial_viewer_state(services))
+    return demo
+
+
+def create_app(config: WebConfig, services: WebServices | None = None) -> FastAPI:
+    """The whole server: tile routes and viewer assets first, then Gradio mounted at "/"."""
+    if services is None:
+        services = build_services(config)
+        register_initial_slide(services, config)
+    app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(tile_router(services.tiles))
+    mount_viewer_assets(app)
+    app.state.services = services
+    demo = build_demo(config, services)
+    return gr.mount_gradio_app(
+        app, demo, path="/", server_name=config.host, server_port=config.port
+    )

@@ -1,0 +1,131 @@
+"""The web app's configuration: defaults, then OMNIPATH_* environment variables, then CLI flags.
+
+Each later source overrides the earlier one field by field. Bad values raise ConfigError with
+a sentence that names the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnipath.errors import OmniPathError
+
+
+class ConfigError(OmniPathError):
+    """A configuration value (environment variable or command-line flag) is invalid."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Everything `python -m web` needs to start the app."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path = Path("data")
+    # Slides kept open at once; the least recently used one is closed beyond this.
+    max_open_slides: int = 8
+    # Encoded tiles kept in memory, in bytes (least recently used evicted first).
+    tile_cache_bytes: int = 256 * 1024 * 1024
+    jpeg_quality: int = 80
+    # A slide to open at start instead of the generated sample slide.
+    slide: Path | None = None
+    # The sample slide, generated into data_dir on first start when absent.
+    sample_slide: bool = True
+    sample_width: int = 16384
+    sample_height: int = 12288
+    sample_seed: int = 0
+
+
+# field name -> environment variable (all optional)
+_ENV_NAMES = {
+    "host": "OMNIPATH_HOST",
+    "port": "OMNIPATH_PORT",
+    "data_dir": "OMNIPATH_DATA_DIR",
+    "max_open_slides": "OMNIPATH_MAX_OPEN_SLIDES",
+    "tile_cache_bytes": "OMNIPATH_TILE_CACHE_BYTES",
+    "jpeg_quality": "OMNIPATH_JPEG_QUALITY",
+    "slide": "OMNIPATH_SLIDE",
+    "sample_slide": "OMNIPATH_SAMPLE_SLIDE",
+}
+
+
+def _convert(name: str, raw: str, source: str) -> object:
+    field_type = {f.name: f.type for f in dataclasses.fields(WebConfig)}[name]
+    try:
+        if field_type == "int":
+            value: object = int(raw)
+        elif field_type == "bool":
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            value = lowered in {"1", "true", "yes", "on"}
+        elif field_type in ("Path", "Path | None"):
+            value = Path(raw) if raw else None
+        else:
+            value = raw
+    except ValueError:
+        raise ConfigError(
+            f"The setting {name} from {source} has an invalid value: {raw!r}."
+        ) from None
+    return value
+
+
+def _validate(config: WebConfig) -> WebConfig:
+    if not 0 < config.port < 65536:
+        raise ConfigError(f"The port must be between 1 and 65535, not {config.port}.")
+    if config.max_open_slides < 1:
+        raise ConfigError("At least one slide must be allowed open (max_open_slides >= 1).")
+    if config.tile_cache_bytes < 0:
+        raise ConfigError("The tile cache size cannot be negative.")
+    if not 1 <= config.jpeg_quality <= 100:
+        raise ConfigError(f"The JPEG quality must be between 1 and 100, not {config.jpeg_quality}.")
+    if config.data_dir is None:
+        raise ConfigError("The data directory cannot be empty.")
+    return config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m web", description="Start the OmniPath app.")
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", help="port to listen on (default 7860)")
+    parser.add_argument("--data-dir", dest="data_dir", help="where the sample slide and data live")
+    parser.add_argument("--max-open-slides", dest="max_open_slides")
+    parser.add_argument("--tile-cache-bytes", dest="tile_cache_bytes")
+    parser.add_argument("--jpeg-quality", dest="jpeg_quality")
+    parser.add_argument("--slide", help="open this slide at start instead of the sample slide")
+    parser.add_argument(
+        "--no-sample-slide",
+        dest="sample_slide",
+        action="store_const",
+        const="false",
+        help="do not generate or open the sample slide",
+    )
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> WebConfig:
+    """Defaults, then OMNIPATH_* variables from `environ` (os.environ when None), then `argv`."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, env_name in _ENV_NAMES.items():
+        if env_name in environ:
+            values[name] = _convert(name, environ[env_name], f"the environment ({env_name})")
+    try:
+        args = _parser().parse_args([] if argv is None else list(argv))
+    except SystemExit as exc:  # argparse already printed the usage
+        if exc.code == 0:
+            raise
+        raise ConfigError(
+            "The command-line flags could not be understood (see the usage above)."
+        ) from None
+    for name, raw in vars(args).items():
+        if raw is not None:
+            values[name] = _convert(name, raw, f"the command line (--{name.replace('_', '-')})")
+    return _validate(dataclasses.replace(WebConfig(), **values))
