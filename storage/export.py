@@ -1,0 +1,219 @@
+"""Exports of one conversation: JSON (everything logged) and GeoJSON (for QuPath).
+
+GeoJSON follows what QuPath reads with File → Import objects: a FeatureCollection in
+level-0 pixel coordinates (origin at the top-left of the full-resolution image), each
+Feature with a Polygon / MultiPolygon geometry and properties
+{"objectType": "annotation", "name": ..., "classification": {"name": ..., "color":
+[r, g, b]}, "isLocked": false}. PGDFC regions and boxes become rectangles; masks
+become the traced outlines of their bitmaps stretched over their l0_rect. Extra
+details (turn, rank, score, label) ride in properties["omnipath"], which QuPath ignores.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from storage.contours import bitmap_polygons
+from storage.log import Store, iso
+
+EXPORT_FORMAT = "omnipath.conversation"
+EXPORT_VERSION = 1
+# Stable feature ids: the same conversation exports to the same ids every time.
+_FEATURE_NAMESPACE = uuid.UUID("5f0d7a52-8c1e-4d59-9a57-0d6b3c2e4f11")
+
+CLASSES: dict[str, tuple[str, list[int]]] = {
+    "region": ("PGDFC region", [255, 153, 0]),
+    "box": ("Detection box", [0, 153, 255]),
+    "mask": ("Segmentation mask", [220, 0, 115]),
+}
+
+
+def _json_turn(turn: dict[str, Any]) -> dict[str, Any]:
+    out = dict(turn)
+    out["created_at"] = iso(turn["created_at"])
+    out["feedback"] = [{**f, "created_at": iso(f["created_at"])} for f in turn["feedback"]]
+    out["masks"] = [
+        {
+            "index": m["index"],
+            "l0_rect": m["l0_rect"],
+            "width": m["width"],
+            "height": m["height"],
+            "label": m["label"],
+            "png_base64": base64.b64encode(m["png"]).decode("ascii"),
+        }
+        for m in turn["masks"]
+    ]
+    return out
+
+
+def conversation_json(store: Store, conversation_id: str) -> dict[str, Any]:
+    """Everything logged for the conversation, JSON-safe (json.dumps works as is):
+
+    {format, version, exported_at, conversation: {id, title, slide_id, model_id,
+     created_at, updated_at}, slide: {id, size_bytes, vendor, width, height, mpp_x,
+     mpp_y, objective_power, file_name, created_at}, turns: [... as
+     Store.load_conversation(), masks with png_base64 instead of png bytes ...]}
+
+    The server-side `stored_path` is left out (it says nothing about the slide and
+    names a folder of the server). Raises NotFoundError for an unknown id.
+    """
+    loaded = store.load_conversation(conversation_id)
+    slide = {k: v for k, v in loaded["slide"].items() if k != "stored_path"}
+    slide["created_at"] = iso(slide["created_at"])
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "exported_at": iso(datetime.now(UTC)),
+        "conversation": {
+            "id": loaded["id"],
+            "title": loaded["title"],
+            "slide_id": loaded["slide_id"],
+            "model_id": loaded["model_id"],
+            "created_at": iso(loaded["created_at"]),
+            "updated_at": iso(loaded["updated_at"]),
+        },
+        "slide": slide,
+        "turns": [_json_turn(t) for t in loaded["turns"]],
+    }
+
+
+def _decode_mask(png_or_bitmap: bytes | np.ndarray) -> np.ndarray:
+    if isinstance(png_or_bitmap, bytes | bytearray | memoryview):
+        with Image.open(io.BytesIO(bytes(png_or_bitmap))) as image:
+            return np.asarray(image.convert("L")) > 127
+    return np.asarray(png_or_bitmap).astype(bool)
+
+
+def mask_polygons(
+    png_or_bitmap: bytes | np.ndarray,
+    l0_rect: list[int] | tuple[int, int, int, int],
+    *,
+    l0_bounds: tuple[int, int] | None = None,
+    decimals: int = 2,
+) -> list[list[list[list[float]]]]:
+    """The mask's outlines in level-0 pixels, as GeoJSON Polygon coordinate arrays:
+    [polygon: [ring: [[x, y], ...] (closed), hole rings...], ...].
+
+    `png_or_bitmap`: PNG bytes or an H×W array; the bitmap is stretched over
+    `l0_rect` = [x, y, w, h]. `l0_bounds` = (slide width, slide height) clips the
+    coordinates to the slide.
+    """
+    bitmap = _decode_mask(png_or_bitmap)
+    height, width = bitmap.shape
+    x, y, w, h = (float(v) for v in l0_rect)
+    scale = np.array([w / width, h / height])
+    offset = np.array([x, y])
+    out = []
+    for polygon in bitmap_polygons(bitmap):
+        rings = []
+        for ring in polygon:
+            l0_ring = ring * scale + offset
+            if l0_bounds is not None:
+                l0_ring = np.clip(l0_ring, 0.0, np.asarray(l0_bounds, dtype=float))
+            rings.append(np.round(l0_ring, decimals).tolist())
+        out.append(rings)
+    return out
+
+
+def _rectangle(l0_rect: list[int], bounds: tuple[int, int]) -> list[list[list[float]]] | None:
+    """A closed rectangle ring clipped to the slide; None when nothing is left."""
+    x, y, w, h = l0_rect
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(bounds[0], x + w), min(bounds[1], y + h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
+
+
+def _feature(
+    kind: str, key: str, name: str, geometry: dict[str, Any], details: dict[str, Any]
+) -> dict[str, Any]:
+    class_name, color = CLASSES[kind]
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(_FEATURE_NAMESPACE, key)),
+        "geometry": geometry,
+        "properties": {
+            "objectType": "annotation",
+            "name": name,
+            "classification": {"name": class_name, "color": list(color)},
+            "isLocked": False,
+            "omnipath": {"kind": kind, **details},
+        },
+    }
+
+
+def conversation_geojson(
+    store: Store,
+    conversation_id: str,
+    *,
+    regions: bool = True,
+    boxes: bool = True,
+    masks: bool = True,
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection of the conversation's regions, boxes and masks in
+    level-0 pixel coordinates, clipped to the slide, that QuPath imports (File →
+    Import objects from file). Feature names say which answer they belong to
+    ("Answer 2 · PGDFC region 1 (score 0.412)"). Raises NotFoundError for an unknown id.
+    """
+    loaded = store.load_conversation(conversation_id)
+    bounds = (int(loaded["slide"]["width"]), int(loaded["slide"]["height"]))
+    features: list[dict[str, Any]] = []
+    answer_number = 0
+    for turn in loaded["turns"]:
+        if turn["role"] == "assistant":
+            answer_number += 1
+            prefix = f"Answer {answer_number}"
+        else:
+            prefix = f"Question (turn {turn['index'] + 1})"
+        base = {"conversation_id": loaded["id"], "turn_id": turn["id"], "turn_index": turn["index"]}
+        if regions:
+            for region in turn["regions"]:
+                ring = _rectangle(region["l0_rect"], bounds)
+                if ring is None:
+                    continue
+                score = region.get("score")
+                label = f"{prefix} · PGDFC region {region['rank']}"
+                if score is not None:
+                    label += f" (score {score:.3f})"
+                features.append(_feature(
+                    "region", f"{turn['id']}:region:{region['rank']}", label,
+                    {"type": "Polygon", "coordinates": ring},
+                    {**base, "rank": region["rank"], "score": score},
+                ))
+        if boxes:
+            for i, box in enumerate(turn["boxes"]):
+                ring = _rectangle(box["l0_rect"], bounds)
+                if ring is None:
+                    continue
+                label = f"{prefix} · box {i + 1}" + (f": {box['label']}" if box["label"] else "")
+                features.append(_feature(
+                    "box", f"{turn['id']}:box:{i}", label,
+                    {"type": "Polygon", "coordinates": ring},
+                    {**base, "box_index": i, "label": box["label"], "rel": box["rel"]},
+                ))
+        if masks:
+            for mask in turn["masks"]:
+                polygons = mask_polygons(mask["png"], mask["l0_rect"], l0_bounds=bounds)
+                if not polygons:
+                    continue  # an empty mask has no outline
+                geometry = (
+                    {"type": "Polygon", "coordinates": polygons[0]}
+                    if len(polygons) == 1
+                    else {"type": "MultiPolygon", "coordinates": polygons}
+                )
+                label = f"{prefix} · mask {mask['index'] + 1}"
+                if mask["label"]:
+                    label += f": {mask['label']}"
+                features.append(_feature(
+                    "mask", f"{turn['id']}:mask:{mask['index']}", label, geometry,
+                    {**base, "mask_index": mask["index"], "label": mask["label"]},
+                ))
+    return {"type": "FeatureCollection", "features": features}

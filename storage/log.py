@@ -1,0 +1,572 @@
+"""The session log the web layer calls: slides, conversations, turns, masks, feedback.
+
+Every public method is one database transaction: it writes everything or nothing.
+Unknown ids raise omnipath.errors.NotFoundError; malformed values raise
+storage.errors.InvalidRecordError (checked before anything is written); a database
+that cannot be reached raises storage.errors.DatabaseError. Coordinates are level-0
+slide pixels (`l0_`). Timestamps are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from storage import shapes
+from storage.db import create_database_engine, describe_url, resolve_url, upgrade_to_head
+from storage.errors import DatabaseError, InvalidRecordError, NotFoundError
+from storage.models import (
+    FEEDBACK_VALUES,
+    ROLES,
+    Conversation,
+    Feedback,
+    Mask,
+    Slide,
+    Turn,
+    utcnow,
+)
+
+SLIDE_ID_PATTERN = re.compile(r"^[0-9a-f]{16,128}$")
+PGDFC_MODES = ("attention", "random", "off")
+TITLE_CHARS = 80
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _title_from(text: str) -> str:
+    line = " ".join(text.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    return line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def _slide_dict(slide: Slide) -> dict[str, Any]:
+    return {
+        "id": slide.id,
+        "size_bytes": slide.size_bytes,
+        "vendor": slide.vendor,
+        "width": slide.width,
+        "height": slide.height,
+        "mpp_x": slide.mpp_x,
+        "mpp_y": slide.mpp_y,
+        "objective_power": slide.objective_power,
+        "file_name": slide.file_name,
+        "stored_path": slide.stored_path,
+        "created_at": slide.created_at,
+    }
+
+
+def _mask_dict(mask: Mask) -> dict[str, Any]:
+    return {
+        "index": mask.index,
+        "l0_rect": [mask.l0_x, mask.l0_y, mask.l0_w, mask.l0_h],
+        "width": mask.width,
+        "height": mask.height,
+        "label": mask.label,
+        "png": mask.png,
+    }
+
+
+def _turn_dict(turn: Turn) -> dict[str, Any]:
+    feedback = [
+        {"value": f.value, "comment": f.comment, "created_at": f.created_at}
+        for f in turn.feedback
+    ]
+    return {
+        "id": turn.id,
+        "conversation_id": turn.conversation_id,
+        "index": turn.index,
+        "role": turn.role,
+        "text": turn.text,
+        "pgdfc_mode": turn.pgdfc_mode,
+        "s": turn.s,
+        "regions": list(turn.regions or []),
+        "boxes": list(turn.boxes or []),
+        "masks": [_mask_dict(m) for m in turn.masks],
+        "timings": dict(turn.timings or {}),
+        "tokens": dict(turn.tokens or {}),
+        "meta": dict(turn.meta or {}),
+        "model_id": turn.model_id,
+        "revision": turn.revision,
+        "error": turn.error,
+        "created_at": turn.created_at,
+        "feedback": feedback,
+        "liked": feedback[-1]["value"] if feedback else None,
+    }
+
+
+def _conversation_summary(conv: Conversation, turn_count: int) -> dict[str, Any]:
+    return {
+        "id": conv.id,
+        "title": conv.title,
+        "slide_id": conv.slide_id,
+        "model_id": conv.model_id,
+        "created_at": conv.created_at,
+        "updated_at": conv.updated_at,
+        "turn_count": turn_count,
+    }
+
+
+def _optional_text(value: Any, what: str, max_chars: int | None = None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRecordError(f"{what} must be text, not {value!r}.")
+    if max_chars is not None and len(value) > max_chars:
+        raise InvalidRecordError(f"{what} is longer than {max_chars} characters.")
+    return value
+
+
+class Store:
+    """The session log on one database.
+
+    Store(url=None): `url` is a SQLAlchemy URL or a filesystem path (a SQLite file);
+    None means `OMNIPATH_DATABASE_URL`, else `./data/omnipath.db` (`/data/omnipath.db`
+    on Spaces with persistent storage). Migrations are applied at start.
+    `log_file_names=False` keeps uploaded file names out of the database (they can
+    identify patients); the operator turns it on.
+    Thread-safe: each call opens its own session.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        log_file_names: bool = False,
+        migrate: bool = True,
+    ) -> None:
+        self.url = resolve_url(url)
+        self.log_file_names = log_file_names
+        self.engine = create_database_engine(self.url)
+        if migrate:
+            upgrade_to_head(self.engine)
+        # Write transactions carry `omnipath_write`: on SQLite they BEGIN IMMEDIATE.
+        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self.engine.execution_options(omnipath_write=True), expire_on_commit=False
+        )
+
+    def __repr__(self) -> str:
+        return f"Store({describe_url(self.url)!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes pooled connections (the Store can still be used; it reconnects)."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Session]:
+        factory = self._write_sessions if write else self._read_sessions
+        try:
+            with factory() as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            raise DatabaseError(
+                f"The database at {describe_url(self.url)} is not available right now.",
+                detail=str(exc),
+            ) from exc
+
+    # --- slides ---------------------------------------------------------------------
+
+    def record_slide(
+        self,
+        slide_id: str,
+        *,
+        size_bytes: int,
+        vendor: str,
+        width: int,
+        height: int,
+        mpp_x: float | None = None,
+        mpp_y: float | None = None,
+        objective_power: float | None = None,
+        stored_path: str | os.PathLike[str] | None = None,
+        file_name: str | None = None,
+    ) -> str:
+        """Records a slide by content hash; idempotent. Returns `slide_id`.
+
+        Recording a known slide again only updates `stored_path` (when given) and
+        `file_name` (when given and `log_file_names` is on). `file_name` is dropped
+        unless `log_file_names` is on. `width`/`height` are level-0 pixels, `mpp_*`
+        µm per level-0 pixel.
+        """
+        if not isinstance(slide_id, str) or not SLIDE_ID_PATTERN.match(slide_id):
+            raise InvalidRecordError(
+                f"The slide id {slide_id!r} is not a content hash (16–128 lowercase hex digits)."
+            )
+        for name, value in (("size_bytes", size_bytes), ("width", width), ("height", height)):
+            if not shapes._is_int(value) or value < (0 if name == "size_bytes" else 1):
+                raise InvalidRecordError(f"The slide's {name} must be a positive integer, not {value!r}.")
+        if not isinstance(vendor, str) or not vendor:
+            raise InvalidRecordError(f"The slide's vendor must be text, not {vendor!r}.")
+        optional = {}
+        for name, value in (("mpp_x", mpp_x), ("mpp_y", mpp_y), ("objective_power", objective_power)):
+            optional[name] = None if value is None else shapes._finite(value, f"The slide's {name}")
+        path = None if stored_path is None else os.fspath(stored_path)
+        name = _optional_text(file_name, "The file name", 512) if self.log_file_names else None
+
+        def write() -> None:
+            with self._transaction(write=True) as session:
+                slide = session.get(Slide, slide_id)
+                if slide is None:
+                    session.add(
+                        Slide(
+                            id=slide_id, size_bytes=int(size_bytes), vendor=vendor,
+                            width=int(width), height=int(height), stored_path=path,
+                            file_name=name, **optional,
+                        )
+                    )
+                else:
+                    if path is not None:
+                        slide.stored_path = path
+                    if name is not None:
+                        slide.file_name = name
+
+        try:
+            write()
+        except IntegrityError:
+            # Another replica inserted the same slide between our read and our insert:
+            # the second attempt finds the row and updates it.
+            write()
+        return slide_id
+
+    def record_slide_info(
+        self,
+        slide_id: str,
+        info: Any,
+        *,
+        size_bytes: int,
+        stored_path: str | os.PathLike[str] | None = None,
+        file_name: str | None = None,
+    ) -> str:
+        """record_slide() from an omnipath.slide.SlideInfo (or anything with vendor,
+        l0_width, l0_height, mpp_x, mpp_y, objective_power attributes)."""
+        return self.record_slide(
+            slide_id,
+            size_bytes=size_bytes,
+            vendor=info.vendor,
+            width=info.l0_width,
+            height=info.l0_height,
+            mpp_x=getattr(info, "mpp_x", None),
+            mpp_y=getattr(info, "mpp_y", None),
+            objective_power=getattr(info, "objective_power", None),
+            stored_path=stored_path,
+            file_name=file_name,
+        )
+
+    def get_slide(self, slide_id: str) -> dict[str, Any]:
+        """{id, size_bytes, vendor, width, height, mpp_x, mpp_y, objective_power,
+        file_name, stored_path, created_at}."""
+        with self._transaction(write=False) as session:
+            slide = session.get(Slide, slide_id)
+            if slide is None:
+                raise NotFoundError(f"No slide with id {slide_id!r} has been recorded.")
+            return _slide_dict(slide)
+
+    # --- conversations ----------------------------------------------------------------
+
+    def start_conversation(
+        self, slide_id: str, model_id: str | None = None, *, title: str = ""
+    ) -> str:
+        """A new conversation about a recorded slide; returns its id (uuid4 hex).
+        The title defaults to the first question (set by log_turn)."""
+        model_id = _optional_text(model_id, "The model id", 256)
+        title = _title_from(_optional_text(title, "The title") or "")
+        with self._transaction(write=True) as session:
+            if session.get(Slide, slide_id) is None:
+                raise NotFoundError(
+                    f"No slide with id {slide_id!r} has been recorded; record it before "
+                    "starting a conversation about it."
+                )
+            conv = Conversation(id=_new_id(), slide_id=slide_id, model_id=model_id, title=title)
+            session.add(conv)
+            return conv.id
+
+    def _locked_conversation(self, session: Session, conversation_id: str) -> Conversation:
+        # FOR UPDATE on PostgreSQL serializes writers of one conversation (turn indexes);
+        # SQLite's BEGIN IMMEDIATE already did.
+        conv = session.get(Conversation, conversation_id, with_for_update=True)
+        if conv is None:
+            raise NotFoundError(f"No conversation with id {conversation_id!r} exists.")
+        return conv
+
+    def rename_conversation(self, conversation_id: str, title: str) -> None:
+        title = _title_from(_optional_text(title, "The title") or "")
+        with self._transaction(write=True) as session:
+            conv = self._locked_conversation(session, conversation_id)
+            conv.title = title
+            conv.updated_at = utcnow()
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        """Deletes the conversation with its turns, masks and feedback (the slide stays)."""
+        with self._transaction(write=True) as session:
+            conv = self._locked_conversation(session, conversation_id)
+            session.delete(conv)
+
+    def list_conversations(
+        self, *, slide_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Newest first: [{id, title, slide_id, model_id, created_at, updated_at,
+        turn_count}]; only those about `slide_id` when given."""
+        counts = (
+            select(Turn.conversation_id, func.count(Turn.id).label("n"))
+            .group_by(Turn.conversation_id)
+            .subquery()
+        )
+        query = (
+            select(Conversation, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.conversation_id == Conversation.id)
+            .order_by(Conversation.updated_at.desc(), Conversation.id)
+            .limit(max(1, int(limit)))
+        )
+        if slide_id is not None:
+            query = query.where(Conversation.slide_id == slide_id)
+        with self._transaction(write=False) as session:
+            return [_conversation_summary(c, int(n)) for c, n in session.execute(query).all()]
+
+    def load_conversation(self, conversation_id: str) -> dict[str, Any]:
+        """Everything needed to restore a conversation in the UI:
+
+        {id, title, slide_id, model_id, created_at, updated_at,
+         slide: {... get_slide() ...},
+         turns: [{id, conversation_id, index, role, text, pgdfc_mode, s,
+                  regions: [{rank, score, l0_rect}], boxes: [{rel, l0_rect, label}],
+                  masks: [{index, l0_rect, width, height, label, png: bytes}],
+                  timings, tokens, meta, model_id, revision, error, created_at,
+                  feedback: [{value, comment, created_at}], liked: "like"|"dislike"|None}]}
+        Turns are in order (index 0, 1, ...).
+        """
+        query = (
+            select(Conversation)
+            .where(Conversation.id == conversation_id)
+            .options(
+                selectinload(Conversation.slide),
+                selectinload(Conversation.turns).selectinload(Turn.masks),
+                selectinload(Conversation.turns).selectinload(Turn.feedback),
+            )
+        )
+        with self._transaction(write=False) as session:
+            conv = session.execute(query).scalar_one_or_none()
+            if conv is None:
+                raise NotFoundError(f"No conversation with id {conversation_id!r} exists.")
+            out = _conversation_summary(conv, len(conv.turns))
+            out["slide"] = _slide_dict(conv.slide)
+            out["turns"] = [_turn_dict(t) for t in conv.turns]
+            return out
+
+    # --- turns ----------------------------------------------------------------------
+
+    def log_turn(
+        self,
+        conversation_id: str,
+        role: str,
+        text: str,
+        *,
+        pgdfc_mode: str | None = None,
+        s: int | None = None,
+        regions: Sequence[Any] | None = None,
+        boxes: Sequence[Any] | None = None,
+        masks: Sequence[Any] | None = None,
+        timings: Mapping[str, float] | None = None,
+        tokens: Mapping[str, int] | None = None,
+        model_id: str | None = None,
+        revision: str | None = None,
+        error: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Appends a turn (role "user" or "assistant") and returns its id (uuid4 hex).
+
+        A failed model call is logged as an assistant turn with `error` set (and
+        whatever text was produced). Shapes: see storage.shapes (regions, boxes, masks
+        in level-0 pixels). The turn and its masks are written in one transaction.
+        """
+        if role not in ROLES:
+            raise InvalidRecordError(f"A turn's role must be 'user' or 'assistant', not {role!r}.")
+        if not isinstance(text, str):
+            raise InvalidRecordError(f"A turn's text must be text, not {type(text).__name__}.")
+        if pgdfc_mode is not None and pgdfc_mode not in PGDFC_MODES:
+            raise InvalidRecordError(
+                f"PGDFC mode must be one of {', '.join(PGDFC_MODES)}, not {pgdfc_mode!r}."
+            )
+        if s is not None and (not shapes._is_int(s) or s < 0):
+            raise InvalidRecordError(f"S (detail patches) must be an integer ≥ 0, not {s!r}.")
+        row = {
+            "role": role,
+            "text": text,
+            "pgdfc_mode": pgdfc_mode,
+            "s": None if s is None else int(s),
+            "regions": shapes.regions(regions),
+            "boxes": shapes.boxes(boxes),
+            "timings": shapes.number_map(timings, "timings", integers=False),
+            "tokens": shapes.number_map(tokens, "tokens", integers=True),
+            "meta": shapes.json_safe(dict(meta or {}), "meta"),
+            "model_id": _optional_text(model_id, "The model id", 256),
+            "revision": _optional_text(revision, "The model revision", 128),
+            "error": _optional_text(error, "The error"),
+        }
+        mask_records = shapes.masks(masks)
+        with self._transaction(write=True) as session:
+            conv = self._locked_conversation(session, conversation_id)
+            last = session.scalar(
+                select(func.max(Turn.index)).where(Turn.conversation_id == conversation_id)
+            )
+            turn = Turn(
+                id=_new_id(), conversation_id=conversation_id,
+                index=0 if last is None else last + 1, **row,
+            )
+            session.add(turn)
+            session.flush()
+            for i, record in enumerate(mask_records):
+                session.add(_mask_row(turn.id, i, record))
+                session.flush()
+            if not conv.title and role == "user" and text.strip():
+                conv.title = _title_from(text)
+            conv.updated_at = utcnow()
+            return turn.id
+
+    def log_answer(
+        self,
+        conversation_id: str,
+        answer: Any,
+        *,
+        pgdfc_mode: str | None = None,
+        s: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        """log_turn() for an engine Answer (the object or its to_dict()): text,
+        regions, boxes, masks, timings, tokens, model_id, revision, error; its
+        `stopped` / `timed_out` flags go into meta."""
+        get = shapes._get
+        extra = dict(meta or {})
+        for flag in ("stopped", "timed_out"):
+            if get(answer, flag) is not None:
+                extra[flag] = bool(get(answer, flag))
+        return self.log_turn(
+            conversation_id,
+            "assistant",
+            get(answer, "text", "") or "",
+            pgdfc_mode=pgdfc_mode,
+            s=s,
+            regions=get(answer, "regions"),
+            boxes=get(answer, "boxes"),
+            masks=get(answer, "masks"),
+            timings=get(answer, "timings"),
+            tokens=get(answer, "tokens"),
+            model_id=get(answer, "model_id"),
+            revision=get(answer, "revision"),
+            error=get(answer, "error"),
+            meta=extra,
+        )
+
+    def get_turn(self, turn_id: str) -> dict[str, Any]:
+        """One turn as in load_conversation()['turns']."""
+        query = (
+            select(Turn)
+            .where(Turn.id == turn_id)
+            .options(selectinload(Turn.masks), selectinload(Turn.feedback))
+        )
+        with self._transaction(write=False) as session:
+            turn = session.execute(query).scalar_one_or_none()
+            if turn is None:
+                raise NotFoundError(f"No turn with id {turn_id!r} exists.")
+            return _turn_dict(turn)
+
+    def _last_user_turn(self, session: Session, conversation_id: str) -> Turn | None:
+        return session.scalars(
+            select(Turn)
+            .where(Turn.conversation_id == conversation_id, Turn.role == "user")
+            .order_by(Turn.index.desc())
+            .limit(1)
+        ).first()
+
+    def undo_last_exchange(self, conversation_id: str) -> dict[str, Any] | None:
+        """Deletes the last user turn and everything after it (its answer). Returns
+        {question: the deleted question's text, removed_turn_ids: [...]} so the UI can
+        put the question back in the textbox; None when there is nothing to undo."""
+        with self._transaction(write=True) as session:
+            conv = self._locked_conversation(session, conversation_id)
+            question = self._last_user_turn(session, conversation_id)
+            if question is None:
+                return None
+            text, index = question.text, question.index
+            removed = self._delete_from(session, conversation_id, index)
+            conv.updated_at = utcnow()
+            return {"question": text, "removed_turn_ids": removed}
+
+    def prepare_retry(self, conversation_id: str) -> dict[str, Any] | None:
+        """For the UI's Retry: deletes the answer(s) after the last user turn and
+        returns that user turn (as get_turn() would) so the web layer can ask it again
+        and log the new answer. None when the conversation has no question yet."""
+        with self._transaction(write=True) as session:
+            conv = self._locked_conversation(session, conversation_id)
+            question = self._last_user_turn(session, conversation_id)
+            if question is None:
+                return None
+            if self._delete_from(session, conversation_id, question.index + 1):
+                conv.updated_at = utcnow()
+            session.refresh(question)
+            return _turn_dict(question)
+
+    def _delete_from(self, session: Session, conversation_id: str, first_index: int) -> list[str]:
+        """Deletes the conversation's turns with index ≥ first_index (masks and feedback
+        go with them through ON DELETE CASCADE). Returns the deleted ids."""
+        ids = list(
+            session.scalars(
+                select(Turn.id)
+                .where(Turn.conversation_id == conversation_id, Turn.index >= first_index)
+                .order_by(Turn.index)
+            )
+        )
+        if ids:
+            session.execute(
+                delete(Turn).where(Turn.id.in_(ids)).execution_options(synchronize_session=False)
+            )
+            session.expire_all()
+        return ids
+
+    # --- feedback ---------------------------------------------------------------------
+
+    def add_feedback(self, turn_id: str, value: str | bool, comment: str | None = None) -> int:
+        """Records "like" or "dislike" (True / False accepted, as Gradio's LikeData
+        gives them) on a turn; every click is kept, the last one counts. Returns the
+        feedback row id."""
+        if isinstance(value, bool):
+            value = "like" if value else "dislike"
+        if value not in FEEDBACK_VALUES:
+            raise InvalidRecordError(f"Feedback must be 'like' or 'dislike', not {value!r}.")
+        comment = _optional_text(comment, "The feedback comment", 10_000)
+        with self._transaction(write=True) as session:
+            if session.get(Turn, turn_id) is None:
+                raise NotFoundError(f"No turn with id {turn_id!r} exists to give feedback on.")
+            row = Feedback(turn_id=turn_id, value=value, comment=comment)
+            session.add(row)
+            session.flush()
+            return row.id
+
+
+def _mask_row(turn_id: str, index: int, record: shapes.MaskRecord) -> Mask:
+    x, y, w, h = record.l0_rect
+    return Mask(
+        turn_id=turn_id, index=index, l0_x=x, l0_y=y, l0_w=w, l0_h=h,
+        width=record.width, height=record.height, label=record.label, png=record.png,
+    )
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 text of a UTC timestamp (for JSON)."""
+    return None if value is None else value.isoformat()

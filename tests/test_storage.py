@@ -1,0 +1,334 @@
+"""The session log (storage.Store) on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from omnipath.errors import NotFoundError
+from storage import Store
+from storage.db import current_revision
+from storage.errors import DatabaseError, InvalidRecordError
+from tests import postgres
+
+postgres_server = postgres.postgres_server
+database_url = postgres.database_url
+
+REPO = Path(__file__).resolve().parents[1]
+SLIDE_ID = "5e" * 32
+SLIDE = dict(size_bytes=123_456, vendor="generic-tiff", width=4000, height=3000,
+             mpp_x=0.25, mpp_y=0.25, objective_power=40.0)
+
+
+def _png(bitmap: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(bitmap.astype(bool)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _row_count(store: Store, table: str) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    with Store(database_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def conversation(store: Store) -> str:
+    store.record_slide(SLIDE_ID, stored_path="/slides/x.tiff", **SLIDE)
+    return store.start_conversation(SLIDE_ID, "tiny")
+
+
+def test_importing_storage_loads_no_torch_and_only_omnipath_errors() -> None:
+    code = (
+        "import sys, storage, storage.export, storage.log, storage.db, storage.models\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "extra = sorted(m for m in sys.modules if m.startswith('omnipath')"
+        " and m not in ('omnipath', 'omnipath.errors'))\n"
+        "assert not extra, extra\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_record_slide_is_idempotent_and_keeps_file_names_out_by_default(store: Store) -> None:
+    assert store.record_slide(SLIDE_ID, stored_path="/a.tiff", file_name="patient-42.svs", **SLIDE) == SLIDE_ID
+    store.record_slide(SLIDE_ID, stored_path="/b.tiff", file_name="patient-42.svs", **SLIDE)
+    slide = store.get_slide(SLIDE_ID)
+    assert _row_count(store, "slides") == 1
+    assert slide["file_name"] is None
+    assert slide["stored_path"] == "/b.tiff"  # the latest copy of the same bytes
+    assert (slide["width"], slide["height"], slide["mpp_x"]) == (4000, 3000, 0.25)
+
+
+def test_file_names_are_logged_when_the_operator_turns_it_on(database_url: str) -> None:
+    with Store(database_url, log_file_names=True) as store:
+        store.record_slide(SLIDE_ID, file_name="case.svs", **SLIDE)
+        assert store.get_slide(SLIDE_ID)["file_name"] == "case.svs"
+
+
+def test_a_conversation_reloads_with_its_slide_turns_and_overlays(
+    store: Store, conversation: str
+) -> None:
+    bitmap = np.zeros((16, 24), bool)
+    bitmap[3:9, 5:20] = True
+    store.log_turn(conversation, "user", "Where is the tumour?")
+    answer = store.log_turn(
+        conversation, "assistant", "Here [0.1, 0.2, 0.3, 0.4].",
+        pgdfc_mode="attention", s=8,
+        regions=[{"rank": 1, "score": 0.75, "l0_rect": [0, 0, 500, 500]},
+                 {"rank": 2, "score": 0.5, "l0_rect": [500, 0, 500, 500]}],
+        boxes=[{"rel": [0.1, 0.2, 0.3, 0.4], "l0_rect": [400, 600, 800, 600], "label": "tumour"}],
+        masks=[{"l0_rect": [400, 600, 800, 600], "png": _png(bitmap)},
+               {"l0_rect": [10, 20, 30, 40], "bitmap": bitmap[::-1]}],
+        timings={"vision": 0.5, "decode": 2.0}, tokens={"prompt": 800, "generated": 12},
+        model_id="tiny", revision="abc123", meta={"temperature": 0.0, "stopped": False},
+    )
+    loaded = store.load_conversation(conversation)
+    assert loaded["slide"]["stored_path"] == "/slides/x.tiff"
+    assert loaded["title"] == "Where is the tumour?"
+    assert [t["role"] for t in loaded["turns"]] == ["user", "assistant"]
+    assert [t["index"] for t in loaded["turns"]] == [0, 1]
+    turn = loaded["turns"][1]
+    assert turn["id"] == answer
+    assert (turn["pgdfc_mode"], turn["s"], turn["model_id"], turn["revision"]) == (
+        "attention", 8, "tiny", "abc123")
+    assert turn["regions"][1] == {"rank": 2, "score": 0.5, "l0_rect": [500, 0, 500, 500]}
+    assert turn["boxes"][0]["label"] == "tumour"
+    assert turn["timings"] == {"vision": 0.5, "decode": 2.0}
+    assert turn["tokens"] == {"prompt": 800, "generated": 12}
+    assert turn["meta"] == {"temperature": 0.0, "stopped": False}
+    assert [m["l0_rect"] for m in turn["masks"]] == [[400, 600, 800, 600], [10, 20, 30, 40]]
+    for mask, expected in zip(turn["masks"], (bitmap, bitmap[::-1]), strict=True):
+        decoded = np.asarray(Image.open(io.BytesIO(mask["png"])).convert("L")) > 127
+        np.testing.assert_array_equal(decoded, expected)
+        assert (mask["width"], mask["height"]) == (24, 16)
+
+
+def test_a_failed_model_call_is_logged_with_its_error(store: Store, conversation: str) -> None:
+    store.log_turn(conversation, "user", "Describe the slide.")
+    turn_id = store.log_turn(conversation, "assistant", "", error="The GPU ran out of memory.")
+    assert store.get_turn(turn_id)["error"] == "The GPU ran out of memory."
+
+
+def test_log_answer_maps_an_answer_dict(store: Store, conversation: str) -> None:
+    answer = {
+        "text": "Grade 2.", "regions": [{"rank": 1, "score": 0.9, "l0_rect": [1, 2, 3, 4]}],
+        "boxes": [], "masks": [{"l0_rect": [0, 0, 8, 8], "bitmap": np.eye(4, dtype=bool)}],
+        "timings": {"prefill": 0.1, "probe": None}, "tokens": {"generated": 3},
+        "model_id": "tiny", "revision": None, "stopped": True, "timed_out": False, "error": None,
+    }
+    turn = store.get_turn(store.log_answer(conversation, answer, pgdfc_mode="random", s=4))
+    assert (turn["role"], turn["text"], turn["pgdfc_mode"], turn["s"]) == ("assistant", "Grade 2.", "random", 4)
+    assert turn["meta"] == {"stopped": True, "timed_out": False}
+    assert turn["timings"] == {"prefill": 0.1}
+    assert len(turn["masks"]) == 1
+
+
+def test_feedback_is_kept_and_the_last_click_counts(store: Store, conversation: str) -> None:
+    store.log_turn(conversation, "user", "Q")
+    answer = store.log_turn(conversation, "assistant", "A")
+    store.add_feedback(answer, "like")
+    store.add_feedback(answer, False, comment="wrong grade")
+    turn = store.get_turn(answer)
+    assert [f["value"] for f in turn["feedback"]] == ["like", "dislike"]
+    assert turn["feedback"][1]["comment"] == "wrong grade"
+    assert turn["liked"] == "dislike"
+    with pytest.raises(InvalidRecordError, match="like"):
+        store.add_feedback(answer, "meh")
+
+
+def test_unknown_ids_raise_not_found_with_a_sentence(store: Store, conversation: str) -> None:
+    cases = [
+        lambda: store.get_slide("0" * 64),
+        lambda: store.start_conversation("0" * 64, "tiny"),
+        lambda: store.load_conversation("nope"),
+        lambda: store.log_turn("nope", "user", "Q"),
+        lambda: store.add_feedback("nope", "like"),
+        lambda: store.get_turn("nope"),
+        lambda: store.undo_last_exchange("nope"),
+        lambda: store.prepare_retry("nope"),
+        lambda: store.delete_conversation("nope"),
+    ]
+    for call in cases:
+        with pytest.raises(NotFoundError) as info:
+            call()
+        assert info.value.message.endswith(".") and " " in info.value.message
+
+
+def test_a_failure_in_the_middle_of_a_turn_leaves_nothing(
+    store: Store, conversation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storage.log
+
+    store.log_turn(conversation, "user", "First question")
+    before = store.load_conversation(conversation)
+    real_mask_row = storage.log._mask_row
+    calls = []
+
+    def failing_mask_row(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # the turn row and the first mask are already flushed
+            raise RuntimeError("disk full")
+        return real_mask_row(*args, **kwargs)
+
+    monkeypatch.setattr(storage.log, "_mask_row", failing_mask_row)
+    bitmap = np.ones((4, 4), bool)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.log_turn(conversation, "assistant", "An answer",
+                       masks=[{"l0_rect": [0, 0, 4, 4], "bitmap": bitmap}] * 3)
+    assert len(calls) == 2
+    after = store.load_conversation(conversation)
+    assert [t["id"] for t in after["turns"]] == [t["id"] for t in before["turns"]]
+    assert after["updated_at"] == before["updated_at"]
+    assert _row_count(store, "masks") == 0
+    assert _row_count(store, "turns") == 1
+
+
+def test_bad_values_are_refused_before_anything_is_written(store: Store, conversation: str) -> None:
+    bad = [
+        dict(role="robot"),
+        dict(regions=[{"rank": 1, "score": float("nan"), "l0_rect": [0, 0, 1, 1]}]),
+        dict(regions=[{"rank": 1, "score": 0.1, "l0_rect": [0, 0, 0, 5]}]),
+        dict(boxes=[{"rel": [0.5, 0.5, 0.1, 0.9], "l0_rect": [0, 0, 1, 1], "label": ""}]),
+        dict(masks=[{"l0_rect": [0, 0, 4, 4], "png": b"\x89PNG not really"}]),
+        dict(masks=[{"l0_rect": [0, 0, 4, 4]}]),
+        dict(pgdfc_mode="sometimes"),
+        dict(tokens={"prompt": 1.5}),
+        dict(meta={"when": object()}),
+    ]
+    for kwargs in bad:
+        role = kwargs.pop("role", "assistant")
+        with pytest.raises(InvalidRecordError) as info:
+            store.log_turn(conversation, role, "text", **kwargs)
+        assert info.value.message
+    with pytest.raises(InvalidRecordError):
+        store.record_slide("not-a-hash", **SLIDE)
+    assert _row_count(store, "turns") == 0
+
+
+def test_undo_removes_the_last_question_and_its_answer(store: Store, conversation: str) -> None:
+    assert store.undo_last_exchange(conversation) is None
+    store.log_turn(conversation, "user", "Q1")
+    store.log_turn(conversation, "assistant", "A1")
+    q2 = store.log_turn(conversation, "user", "Q2")
+    a2 = store.log_turn(conversation, "assistant", "A2",
+                        masks=[{"l0_rect": [0, 0, 2, 2], "bitmap": np.ones((2, 2), bool)}])
+    store.add_feedback(a2, "like")
+    undone = store.undo_last_exchange(conversation)
+    assert undone == {"question": "Q2", "removed_turn_ids": [q2, a2]}
+    assert [t["text"] for t in store.load_conversation(conversation)["turns"]] == ["Q1", "A1"]
+    assert _row_count(store, "masks") == 0 and _row_count(store, "feedback") == 0
+    # The next turn takes the freed index.
+    store.log_turn(conversation, "user", "Q2 again")
+    assert store.load_conversation(conversation)["turns"][-1]["index"] == 2
+
+
+def test_retry_drops_the_answer_and_returns_the_question(store: Store, conversation: str) -> None:
+    assert store.prepare_retry(conversation) is None
+    q = store.log_turn(conversation, "user", "Q", meta={"l0_region": [1, 2, 3, 4]})
+    store.log_turn(conversation, "assistant", "", error="timed out")
+    question = store.prepare_retry(conversation)
+    assert (question["id"], question["text"], question["meta"]) == (q, "Q", {"l0_region": [1, 2, 3, 4]})
+    assert [t["id"] for t in store.load_conversation(conversation)["turns"]] == [q]
+    store.log_turn(conversation, "assistant", "A")
+    assert [t["index"] for t in store.load_conversation(conversation)["turns"]] == [0, 1]
+
+
+def test_conversations_are_listed_newest_first_with_counts(store: Store) -> None:
+    other = "ab" * 32
+    store.record_slide(SLIDE_ID, **SLIDE)
+    store.record_slide(other, **SLIDE)
+    first = store.start_conversation(SLIDE_ID, "tiny")
+    second = store.start_conversation(other, "tiny")
+    store.log_turn(first, "user", "a newer question")
+    listed = store.list_conversations()
+    assert [c["id"] for c in listed] == [first, second]
+    assert [c["turn_count"] for c in listed] == [1, 0]
+    assert [c["id"] for c in store.list_conversations(slide_id=other)] == [second]
+    store.delete_conversation(first)
+    assert [c["id"] for c in store.list_conversations()] == [second]
+
+
+def test_deleting_a_conversation_cascades(store: Store, conversation: str) -> None:
+    store.log_turn(conversation, "user", "Q")
+    answer = store.log_turn(conversation, "assistant", "A",
+                            masks=[{"l0_rect": [0, 0, 2, 2], "bitmap": np.ones((2, 2), bool)}])
+    store.add_feedback(answer, "dislike")
+    store.delete_conversation(conversation)
+    for table in ("conversations", "turns", "masks", "feedback"):
+        assert _row_count(store, table) == 0, table
+    assert _row_count(store, "slides") == 1
+
+
+def test_concurrent_writers_get_distinct_turn_indexes(store: Store, conversation: str) -> None:
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(5):
+                store.log_turn(conversation, "user", f"writer {n} message {i}")
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    indexes = [t["index"] for t in store.load_conversation(conversation)["turns"]]
+    assert indexes == list(range(15))
+
+
+def test_data_survives_reopening_and_migrations_are_idempotent(database_url: str) -> None:
+    with Store(database_url) as store:
+        store.record_slide(SLIDE_ID, **SLIDE)
+        conv = store.start_conversation(SLIDE_ID, "tiny")
+        store.log_turn(conv, "user", "Persist me")
+    with Store(database_url) as reopened:
+        assert current_revision(reopened.engine) == "0001"
+        assert reopened.load_conversation(conv)["turns"][0]["text"] == "Persist me"
+
+
+def test_migrations_match_the_models(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from storage.models import Base
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    with Store(tmp_path / "db" / "omnipath.db") as store:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+    assert (tmp_path / "db" / "omnipath.db").exists()
+
+
+def test_an_unreachable_database_is_a_typed_error() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DatabaseError, match="cannot be opened") as info:
+        Store(f"postgresql://nobody:secret@127.0.0.1:{port}/none")
+    assert "secret" not in info.value.message
