@@ -5,7 +5,9 @@ Rings follow the cracks between pixels, so they are exact: the polygon covers ex
 the foreground pixels. Coordinates are bitmap pixel corners (x right, y down): pixel
 (row r, col c) spans [c, c+1] × [r, r+1]. Outer rings run clockwise on screen (positive
 shoelace area with y down), holes counter-clockwise. Diagonal neighbours are separate
-pieces (4-connected foreground), so every ring is simple.
+pieces (4-connected foreground); a ring that would touch itself at such a diagonal is
+split there, so every ring is simple (rings of one polygon may touch at a point, which
+GeoJSON / JTS accept).
 """
 
 from __future__ import annotations
@@ -83,8 +85,31 @@ def trace_rings(bitmap: np.ndarray) -> list[np.ndarray]:
                 break
             points.append(vertex)
             _take(edges, vertex, direction)
-        rings.append(_compress(points))
+        rings.extend(_compress(loop) for loop in _simple_loops(points))
     return rings
+
+
+def _simple_loops(points: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Splits a closed walk that touches itself (at a saddle vertex: a pocket of
+    background reaching in through a diagonal, or an island touching a hole) into
+    simple loops. Each loop keeps its direction, so its area sign still says shell
+    (> 0) or hole (< 0), and the signed areas add up to the same total."""
+    loops = []
+    stack: list[tuple[int, int]] = []
+    where: dict[tuple[int, int], int] = {}
+    for vertex in points:
+        if vertex in where:
+            start = where[vertex]
+            loop = stack[start:]
+            for v in loop[1:]:
+                del where[v]
+            del stack[start + 1 :]
+            loops.append(loop)
+        else:
+            where[vertex] = len(stack)
+            stack.append(vertex)
+    loops.append(stack)
+    return loops
 
 
 def signed_area(ring: np.ndarray) -> float:

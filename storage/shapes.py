@@ -5,8 +5,10 @@ as the engine's Region / Box / MaskResult / L0Rect dataclasses, work too):
 
 - region: {rank: int, score: float, l0_rect: [x, y, w, h]}
 - box:    {rel: [x0, y0, x1, y1], l0_rect: [x, y, w, h], label: str}
-- mask:   {l0_rect: [x, y, w, h], png: bytes | base64 str} or {l0_rect, bitmap: H×W bool},
-          optional label: str
+- mask:   {l0_rect: [x, y, w, h], png: bytes | base64 str}, or {l0_rect, bitmap: H×W bool},
+          or {l0_rect, shape: [H, W], rle: [runs...]} (row-major run lengths starting with
+          a run of False, as the engine's MaskResult.to_dict() writes); optional label: str
+- l0_rect may also be {x, y, w, h} and rel {x0, y0, x1, y1} (the engine's to_dict()).
 
 `l0_` = level-0 slide pixels; `rel` = fractions 0..1 of the level-0 width / height.
 Everything here is validated before anything is written, and every problem raises
@@ -96,9 +98,8 @@ def rel_box(value: Any, what: str) -> list[float]:
         raise InvalidRecordError(f"{what} must be [x0, y0, x1, y1] fractions, not {value!r}.")
     if len(parts) != 4:
         raise InvalidRecordError(f"{what} must have 4 numbers [x0, y0, x1, y1], not {len(parts)}.")
-    out = [_finite(p, f"{what}[{i}]") for i, p in enumerate(parts)]
-    if any(v < 0.0 or v > 1.0 for v in out):
-        raise InvalidRecordError(f"{what} must lie within 0..1 of the slide, not {out}.")
+    # Clamped, not refused: a model may write 1.02; the l0_rect is what gets drawn.
+    out = [min(1.0, max(0.0, _finite(p, f"{what}[{i}]"))) for i, p in enumerate(parts)]
     if out[0] > out[2] or out[1] > out[3]:
         raise InvalidRecordError(f"{what} has x0 > x1 or y0 > y1: {out}.")
     return out
@@ -149,6 +150,21 @@ def _png_from_bitmap(bitmap: Any, what: str) -> bytes:
     return buf.getvalue()
 
 
+def _bitmap_from_rle(runs: Any, shape: Any, what: str) -> np.ndarray:
+    """Row-major run lengths starting with a run of False (the engine's `rle`)."""
+    if not isinstance(shape, Sequence) or len(shape) != 2 or not all(_is_int(v) and v > 0 for v in shape):
+        raise InvalidRecordError(f"{what}: shape must be [height, width], not {shape!r}.")
+    height, width = int(shape[0]), int(shape[1])
+    if max(height, width) > MAX_MASK_SIDE:
+        raise InvalidRecordError(f"{what}: the bitmap is {width}×{height}, over {MAX_MASK_SIDE} px a side.")
+    if not isinstance(runs, Sequence) or not all(_is_int(v) and v >= 0 for v in runs):
+        raise InvalidRecordError(f"{what}: rle must be a list of run lengths ≥ 0.")
+    if sum(int(v) for v in runs) != height * width:
+        raise InvalidRecordError(f"{what}: the rle runs do not add up to {height}×{width} pixels.")
+    values = np.arange(len(runs)) % 2 == 1
+    return np.repeat(values, np.asarray(runs, dtype=np.int64)).reshape(height, width)
+
+
 def _png_bytes(value: Any, what: str) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
@@ -166,8 +182,10 @@ def mask(item: Any, index: int) -> MaskRecord:
     png = _get(item, "png")
     if png is None:
         bitmap = _get(item, "bitmap")
+        if bitmap is None and _get(item, "rle") is not None:
+            bitmap = _bitmap_from_rle(_get(item, "rle"), _get(item, "shape"), what)
         if bitmap is None:
-            raise InvalidRecordError(f"{what} has neither a png nor a bitmap.")
+            raise InvalidRecordError(f"{what} has neither a png, a bitmap nor an rle.")
         png = _png_from_bitmap(bitmap, what)
     else:
         png = _png_bytes(png, what)

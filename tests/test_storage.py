@@ -123,18 +123,43 @@ def test_a_failed_model_call_is_logged_with_its_error(store: Store, conversation
     assert store.get_turn(turn_id)["error"] == "The GPU ran out of memory."
 
 
-def test_log_answer_maps_an_answer_dict(store: Store, conversation: str) -> None:
+def _rle(bitmap: np.ndarray) -> list[int]:
+    """Row-major run lengths starting with a run of False (the engine's format)."""
+    runs, current, count = [], False, 0
+    for value in bitmap.reshape(-1).tolist():
+        if value == current:
+            count += 1
+        else:
+            runs.append(count)
+            current, count = value, 1
+    return [*runs, count]
+
+
+def test_log_answer_maps_the_engines_answer_dict(store: Store, conversation: str) -> None:
+    # The shape omnipath.engine's Answer.to_dict() writes (rects as {x, y, w, h},
+    # rel as {x0, y0, x1, y1}, masks as shape + rle).
+    bitmap = np.zeros((5, 7), bool)
+    bitmap[1:4, 2:6] = True
+    bitmap[0, 0] = True
     answer = {
-        "text": "Grade 2.", "regions": [{"rank": 1, "score": 0.9, "l0_rect": [1, 2, 3, 4]}],
-        "boxes": [], "masks": [{"l0_rect": [0, 0, 8, 8], "bitmap": np.eye(4, dtype=bool)}],
+        "text": "Grade 2.",
+        "regions": [{"rank": 1, "score": None, "l0_rect": {"x": 1, "y": 2, "w": 3, "h": 4}}],
+        "boxes": [{"rel": {"x0": 0.1, "y0": 0.2, "x1": 0.3, "y1": 0.4},
+                   "l0_rect": {"x": 400, "y": 600, "w": 800, "h": 600}, "label": "gland"}],
+        "masks": [{"l0_rect": {"x": 0, "y": 0, "w": 70, "h": 50}, "shape": [5, 7], "rle": _rle(bitmap)}],
         "timings": {"prefill": 0.1, "probe": None}, "tokens": {"generated": 3},
         "model_id": "tiny", "revision": None, "stopped": True, "timed_out": False, "error": None,
     }
     turn = store.get_turn(store.log_answer(conversation, answer, pgdfc_mode="random", s=4))
     assert (turn["role"], turn["text"], turn["pgdfc_mode"], turn["s"]) == ("assistant", "Grade 2.", "random", 4)
+    assert turn["regions"] == [{"rank": 1, "score": None, "l0_rect": [1, 2, 3, 4]}]
+    assert turn["boxes"] == [{"rel": [0.1, 0.2, 0.3, 0.4], "l0_rect": [400, 600, 800, 600], "label": "gland"}]
     assert turn["meta"] == {"stopped": True, "timed_out": False}
     assert turn["timings"] == {"prefill": 0.1}
-    assert len(turn["masks"]) == 1
+    decoded = np.asarray(Image.open(io.BytesIO(turn["masks"][0]["png"])).convert("L")) > 127
+    np.testing.assert_array_equal(decoded, bitmap)
+    with pytest.raises(InvalidRecordError, match="add up"):
+        store.log_answer(conversation, {**answer, "masks": [{**answer["masks"][0], "rle": [3, 4]}]})
 
 
 def test_feedback_is_kept_and_the_last_click_counts(store: Store, conversation: str) -> None:
