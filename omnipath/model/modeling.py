@@ -138,7 +138,7 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B×3×H×W in [0,1] (any H, W: resized per tower and scale) →
         (tokens B×N×D_llm, fused vision map B×C_v×g×g)."""
-        feature_map = self.vision(images.to(self.vision_dtype))
+        feature_map = self.vision(images)
         tokens = self.projector(feature_map.flatten(2).transpose(1, 2))
         return tokens, feature_map
 
@@ -156,7 +156,7 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         hidden = self.config.text_config.hidden_size
         if images.shape[0] == 0:
             return images.new_zeros((0, p * p, hidden), dtype=self.vision_dtype)
-        feature_map = self.vision(images.to(self.vision_dtype))
+        feature_map = self.vision(images)
         pooled = F.adaptive_avg_pool2d(feature_map, p)
         return self.projector(pooled.flatten(2).transpose(1, 2))
 

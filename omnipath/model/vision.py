@@ -111,7 +111,10 @@ def encode_at_scale(tower: nn.Module, images: torch.Tensor, k: int) -> torch.Ten
     """
     b, g = tower.base_size, tower.grid
     batch = images.shape[0]
-    x = normalize(resize_square(images, k * b), tower.mean, tower.std)
+    # Resize and normalize in float32 (antialiased resizing has no bf16 CPU kernel), then
+    # hand the tower its own dtype.
+    x = normalize(resize_square(images.float(), k * b), tower.mean, tower.std)
+    x = x.to(next(tower.parameters()).dtype)
     # B×3×(k·b)×(k·b) → (B·k·k)×3×b×b, tiles in row-major order (tile row, tile col).
     tiles = x.reshape(batch, 3, k, b, k, b).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, b, b)
     feats = tower(tiles)  # (B·k·k)×C×g×g
