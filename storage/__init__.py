@@ -7,7 +7,12 @@ Imports no torch and nothing from omnipath except omnipath.errors.
 """
 
 from storage.errors import DatabaseError, InvalidRecordError, NotFoundError
-from storage.export import conversation_geojson, conversation_json, mask_polygons
+from storage.export import (
+    conversation_geojson,
+    conversation_json,
+    mask_polygons,
+    turn_overlays,
+)
 from storage.log import Store
 
 __all__ = [
@@ -18,4 +23,5 @@ __all__ = [
     "conversation_geojson",
     "conversation_json",
     "mask_polygons",
+    "turn_overlays",
 ]

@@ -132,22 +132,67 @@ def _rectangle(l0_rect: list[int], bounds: tuple[int, int]) -> list[list[list[fl
     return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
 
 
-def _feature(
-    kind: str, key: str, name: str, geometry: dict[str, Any], details: dict[str, Any]
-) -> dict[str, Any]:
-    class_name, color = CLASSES[kind]
-    return {
-        "type": "Feature",
-        "id": str(uuid.uuid5(_FEATURE_NAMESPACE, key)),
-        "geometry": geometry,
-        "properties": {
-            "objectType": "annotation",
-            "name": name,
-            "classification": {"name": class_name, "color": list(color)},
-            "isLocked": False,
-            "omnipath": {"kind": kind, **details},
-        },
-    }
+def turn_overlays(
+    turn: dict[str, Any],
+    l0_width: int,
+    l0_height: int,
+    *,
+    answer_number: int | None = None,
+    regions: bool = True,
+    boxes: bool = True,
+    masks: bool = True,
+) -> list[dict[str, Any]]:
+    """What to draw for one turn (a turn dict from Store.load_conversation()), in
+    level-0 pixels clipped to the slide: the same shapes, names and colours the GeoJSON
+    export uses (and an HTML report can draw on a thumbnail: multiply by its scale).
+
+    Each item: {kind: "region"|"box"|"mask", key (stable text id), name, class_name,
+    color: [r, g, b], polygons: [[outer ring, hole rings...], ...] (rings closed,
+    [[x, y], ...]), details: {rank, score, label, ...}}. Regions come in rank order.
+    """
+    bounds = (int(l0_width), int(l0_height))
+    if turn["role"] == "assistant" and answer_number is not None:
+        prefix = f"Answer {answer_number}"
+    else:
+        prefix = f"Turn {turn['index'] + 1}"
+    items: list[dict[str, Any]] = []
+
+    def add(kind: str, key: str, name: str, polygons: list[Any], details: dict[str, Any]) -> None:
+        class_name, color = CLASSES[kind]
+        items.append({
+            "kind": kind, "key": f"{turn['id']}:{key}", "name": name, "class_name": class_name,
+            "color": list(color), "polygons": polygons, "details": details,
+        })
+
+    if regions:
+        for region in sorted(turn["regions"], key=lambda r: r["rank"]):
+            ring = _rectangle(region["l0_rect"], bounds)
+            if ring is None:
+                continue
+            name = f"{prefix} · PGDFC region {region['rank']}"
+            if region.get("score") is not None:
+                name += f" (score {region['score']:.3f})"
+            add("region", f"region:{region['rank']}", name, [ring],
+                {"rank": region["rank"], "score": region.get("score")})
+    if boxes:
+        for i, box in enumerate(turn["boxes"]):
+            ring = _rectangle(box["l0_rect"], bounds)
+            if ring is None:
+                continue
+            name = f"{prefix} · box {i + 1}" + (f": {box['label']}" if box["label"] else "")
+            add("box", f"box:{i}", name, [ring],
+                {"box_index": i, "label": box["label"], "rel": box["rel"]})
+    if masks:
+        for mask in turn["masks"]:
+            polygons = mask_polygons(mask["png"], mask["l0_rect"], l0_bounds=bounds)
+            if not polygons:
+                continue  # an empty mask has no outline
+            name = f"{prefix} · mask {mask['index'] + 1}"
+            if mask["label"]:
+                name += f": {mask['label']}"
+            add("mask", f"mask:{mask['index']}", name, polygons,
+                {"mask_index": mask["index"], "label": mask["label"]})
+    return items
 
 
 def conversation_geojson(
@@ -161,59 +206,38 @@ def conversation_geojson(
     """A GeoJSON FeatureCollection of the conversation's regions, boxes and masks in
     level-0 pixel coordinates, clipped to the slide, that QuPath imports (File →
     Import objects from file). Feature names say which answer they belong to
-    ("Answer 2 · PGDFC region 1 (score 0.412)"). Raises NotFoundError for an unknown id.
+    ("Answer 2 · PGDFC region 1 (score 0.412)"); masks with several pieces are
+    MultiPolygons. Raises NotFoundError for an unknown id.
     """
     loaded = store.load_conversation(conversation_id)
-    bounds = (int(loaded["slide"]["width"]), int(loaded["slide"]["height"]))
+    width, height = loaded["slide"]["width"], loaded["slide"]["height"]
     features: list[dict[str, Any]] = []
     answer_number = 0
     for turn in loaded["turns"]:
         if turn["role"] == "assistant":
             answer_number += 1
-            prefix = f"Answer {answer_number}"
-        else:
-            prefix = f"Question (turn {turn['index'] + 1})"
-        base = {"conversation_id": loaded["id"], "turn_id": turn["id"], "turn_index": turn["index"]}
-        if regions:
-            for region in turn["regions"]:
-                ring = _rectangle(region["l0_rect"], bounds)
-                if ring is None:
-                    continue
-                score = region.get("score")
-                label = f"{prefix} · PGDFC region {region['rank']}"
-                if score is not None:
-                    label += f" (score {score:.3f})"
-                features.append(_feature(
-                    "region", f"{turn['id']}:region:{region['rank']}", label,
-                    {"type": "Polygon", "coordinates": ring},
-                    {**base, "rank": region["rank"], "score": score},
-                ))
-        if boxes:
-            for i, box in enumerate(turn["boxes"]):
-                ring = _rectangle(box["l0_rect"], bounds)
-                if ring is None:
-                    continue
-                label = f"{prefix} · box {i + 1}" + (f": {box['label']}" if box["label"] else "")
-                features.append(_feature(
-                    "box", f"{turn['id']}:box:{i}", label,
-                    {"type": "Polygon", "coordinates": ring},
-                    {**base, "box_index": i, "label": box["label"], "rel": box["rel"]},
-                ))
-        if masks:
-            for mask in turn["masks"]:
-                polygons = mask_polygons(mask["png"], mask["l0_rect"], l0_bounds=bounds)
-                if not polygons:
-                    continue  # an empty mask has no outline
-                geometry = (
-                    {"type": "Polygon", "coordinates": polygons[0]}
-                    if len(polygons) == 1
-                    else {"type": "MultiPolygon", "coordinates": polygons}
-                )
-                label = f"{prefix} · mask {mask['index'] + 1}"
-                if mask["label"]:
-                    label += f": {mask['label']}"
-                features.append(_feature(
-                    "mask", f"{turn['id']}:mask:{mask['index']}", label, geometry,
-                    {**base, "mask_index": mask["index"], "label": mask["label"]},
-                ))
+        overlays = turn_overlays(turn, width, height, answer_number=answer_number,
+                                 regions=regions, boxes=boxes, masks=masks)
+        for item in overlays:
+            polygons = item["polygons"]
+            geometry = (
+                {"type": "Polygon", "coordinates": polygons[0]}
+                if len(polygons) == 1
+                else {"type": "MultiPolygon", "coordinates": polygons}
+            )
+            features.append({
+                "type": "Feature",
+                "id": str(uuid.uuid5(_FEATURE_NAMESPACE, item["key"])),
+                "geometry": geometry,
+                "properties": {
+                    "objectType": "annotation",
+                    "name": item["name"],
+                    "classification": {"name": item["class_name"], "color": item["color"]},
+                    "isLocked": False,
+                    "omnipath": {
+                        "kind": item["kind"], "conversation_id": loaded["id"],
+                        "turn_id": turn["id"], "turn_index": turn["index"], **item["details"],
+                    },
+                },
+            })
     return {"type": "FeatureCollection", "features": features}

@@ -180,3 +180,19 @@ def test_mask_polygons_scale_into_the_l0_rect() -> None:
     (polygon,) = mask_polygons(_png(bitmap), [1000, 2000, 80, 40])
     assert polygon == [[[1020.0, 2010.0], [1060.0, 2010.0], [1060.0, 2030.0],
                         [1020.0, 2030.0], [1020.0, 2010.0]]]
+
+
+def test_turn_overlays_give_the_report_the_same_shapes_as_the_geojson(
+    logged: tuple[Store, str],
+) -> None:
+    from storage import turn_overlays
+
+    store, conv = logged
+    loaded = store.load_conversation(conv)
+    answer = loaded["turns"][1]
+    overlays = turn_overlays(answer, WIDTH, HEIGHT, answer_number=1)
+    features = conversation_geojson(store, conv)["features"]
+    assert [o["name"] for o in overlays] == [f["properties"]["name"] for f in features]
+    assert [o["details"].get("rank") for o in overlays if o["kind"] == "region"] == [1, 2]
+    assert overlays[0]["polygons"] == [features[0]["geometry"]["coordinates"]]
+    assert turn_overlays(loaded["turns"][3], WIDTH, HEIGHT, answer_number=2) == []
