@@ -1,0 +1,30 @@
+"""Shared pytest fixtures.
+
+- `shared_fixtures`: the openslide-python test files in ../shared/fixtures next to the repo
+  (small.svs, boxes.tiff, boxes_0.dcm, boxes.png); tests that use it skip when it is absent.
+- `synthetic_slide`: one small synthetic H&E slide (4096×3072, 3 lesions, JPEG) per session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openslide-python"
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"shared slide fixtures not found at {SHARED_FIXTURES}")
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory: pytest.TempPathFactory):
+    """A SyntheticSlide (omnipath.synth) written once per test session; read-only."""
+    from omnipath.synth import write_synthetic_slide
+
+    folder = tmp_path_factory.mktemp("synthetic_slide")
+    return write_synthetic_slide(folder / "synthetic.tiff", 4096, 3072, seed=0, n_lesions=3)
