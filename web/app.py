@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from web.config import WebConfig
 from web.services import WebServices, build_services, register_initial_slide
-from web.tile_routes import tile_router
+from web.tile_routes import TileCacheFastPath, tile_router
 from web.viewer_component import build_viewer, mount_viewer_assets, viewer_state
 
 NOT_CONNECTED = (
@@ -42,6 +42,7 @@ def create_app(config: WebConfig, services: WebServices | None = None) -> FastAP
         register_initial_slide(services, config)
     app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(tile_router(services.tiles))
+    app.add_middleware(TileCacheFastPath, service=services.tiles)
     mount_viewer_assets(app)
     app.state.services = services
     demo = build_demo(config, services)

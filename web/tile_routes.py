@@ -3,6 +3,8 @@
 
 Cache hits are answered on the event loop (a dictionary lookup); rendering a tile reads the
 slide and encodes an image, so it runs in the threadpool and never blocks the loop.
+`TileCacheFastPath` answers cache hits before FastAPI's routing (a viewer asks for hundreds of
+tiles a second; routing and response objects cost more than the lookup itself).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from omnipath.errors import NotFoundError, SlideError
 from web.tiles import TILE_FORMATS, TileService
@@ -20,6 +23,7 @@ from web.tiles import TILE_FORMATS, TileService
 log = logging.getLogger(__name__)
 
 _TILE_NAME = re.compile(r"(\d{1,9})_(\d{1,9})\.(jpeg|png)")
+_TILE_PATH = re.compile(r"/slides/([0-9a-f]{64})_files/(\d{1,4})/(\d{1,9})_(\d{1,9})\.(jpeg|png)")
 _LEVEL = re.compile(r"\d{1,4}")
 # Ids are content hashes: a tile's bytes never change, so browsers may keep them.
 _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
@@ -66,3 +70,33 @@ def tile_router(service: TileService) -> APIRouter:
         return Response(data, media_type=TILE_FORMATS[fmt], headers=_IMMUTABLE)
 
     return router
+
+
+class TileCacheFastPath:
+    """ASGI middleware: a GET for a tile that is in the cache is answered here; everything else
+    (misses, bad addresses, other paths) goes on to the app, whose routes validate and render."""
+
+    def __init__(self, app: ASGIApp, service: TileService) -> None:
+        self.app = app
+        self.service = service
+        self._headers = [(k.lower().encode(), v.encode()) for k, v in _IMMUTABLE.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            match = _TILE_PATH.fullmatch(scope["path"])
+            if match is not None:
+                fmt = match[5]
+                data = self.service.cached_tile(
+                    match[1], int(match[2]), int(match[3]), int(match[4]), fmt
+                )
+                if data is not None:
+                    headers = [
+                        (b"content-type", TILE_FORMATS[fmt].encode()),
+                        (b"content-length", str(len(data)).encode()),
+                        *self._headers,
+                    ]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    body = data if scope["method"] == "GET" else b""
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,120 @@
+"""The app shell: configuration sources, the Gradio page, the viewer assets on the same server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from web.config import ConfigError, WebConfig, load_config
+from web.services import build_services
+from web.viewer_component import (
+    ASSET_PREFIX,
+    OSD_BUILD_DIR,
+    mask_item,
+    rect_item,
+    viewer_head,
+    viewer_state,
+)
+
+needs_osd = pytest.mark.skipif(
+    not (OSD_BUILD_DIR / "openseadragon.min.js").is_file(),
+    reason="OpenSeadragon is not installed (run `npm ci` in web/viewer or bash .ci/install.sh)",
+)
+
+
+def test_defaults_then_environment_then_flags() -> None:
+    assert load_config([], {}) == WebConfig()
+    env = {"OMNIPATH_PORT": "8000", "OMNIPATH_HOST": "0.0.0.0", "OMNIPATH_DATA_DIR": "/srv/data"}
+    from_env = load_config([], env)
+    assert (from_env.port, from_env.host, from_env.data_dir) == (8000, "0.0.0.0", Path("/srv/data"))
+    from_flags = load_config(["--port", "9000", "--no-sample-slide"], env)
+    assert from_flags.port == 9000 and from_flags.host == "0.0.0.0"
+    assert from_flags.sample_slide is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        ([], {"OMNIPATH_PORT": "seventy"}, "OMNIPATH_PORT"),
+        (["--port", "70000"], {}, "between 1 and 65535"),
+        ([], {"OMNIPATH_SAMPLE_SLIDE": "maybe"}, "OMNIPATH_SAMPLE_SLIDE"),
+        (["--max-open-slides", "0"], {}, "At least one slide"),
+    ],
+)
+def test_bad_settings_raise_a_readable_config_error(argv: list[str], env: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_config(argv, env)
+
+
+def test_viewer_state_names_the_slide_by_id_and_checks_layers() -> None:
+    slide_id = "ab" * 32
+    state = json.loads(
+        viewer_state(
+            slide_id, {"mpp_x": 0.25}, {"boxes": [rect_item({"x": 1, "y": 2, "w": 3, "h": 4}, "b")]}
+        )
+    )
+    assert state["dzi_url"] == f"/slides/{slide_id}.dzi"
+    assert state["layers"]["boxes"][0] == {
+        "l0_rect": {"x": 1, "y": 2, "w": 3, "h": 4},
+        "label": "b",
+    }
+    assert state["layers"]["regions"] == [] and state["layers"]["masks"] == []
+    with pytest.raises(ValueError, match="unknown overlay layers"):
+        viewer_state(slide_id, {}, {"arrows": []})
+
+
+def test_mask_item_is_a_transparent_png_coloured_where_true() -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    bitmap = np.zeros((8, 10), dtype=bool)
+    bitmap[2:5, 3:7] = True
+    item = mask_item(bitmap, {"x": 0, "y": 0, "w": 100, "h": 80}, color=(10, 20, 30))
+    png = base64.b64decode(item["src"].split(",", 1)[1])
+    image = np.asarray(Image.open(io.BytesIO(png)))
+    assert image.shape == (8, 10, 4)
+    assert (image[..., 3] > 0).tolist() == bitmap.tolist()
+    assert tuple(image[3, 4, :3]) == (10, 20, 30)
+
+
+def test_build_demo_without_a_slide_says_the_model_is_not_connected(tmp_path: Path) -> None:
+    from web.app import NOT_CONNECTED, build_demo
+
+    config = WebConfig(data_dir=tmp_path, sample_slide=False)
+    demo = build_demo(config)
+    assert isinstance(demo, gr.Blocks)
+    texts = [getattr(block, "value", None) for block in demo.blocks.values()]
+    assert NOT_CONNECTED in texts
+
+
+@needs_osd
+def test_the_server_serves_the_page_the_viewer_assets_and_404s_unknown_slides(
+    tmp_path: Path,
+) -> None:
+    from web.app import create_app
+
+    config = WebConfig(data_dir=tmp_path, sample_slide=False)
+    app = create_app(config, build_services(config))
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        osd = client.get(f"{ASSET_PREFIX}/openseadragon/openseadragon.min.js")
+        assert osd.status_code == 200 and "OpenSeadragon" in osd.text
+        viewer_js = client.get(f"{ASSET_PREFIX}/viewer.js")
+        assert viewer_js.status_code == 200 and "window.omnipathViewer" in viewer_js.text
+        assert client.get(f"{ASSET_PREFIX}/viewer.css").status_code == 200
+        assert client.get(f"{ASSET_PREFIX}/openseadragon/images/home_rest.png").status_code == 200
+        assert client.get(f"/slides/{'0' * 64}.dzi").status_code == 404
+
+
+def test_viewer_head_loads_openseadragon_before_the_viewer_from_this_server() -> None:
+    head = viewer_head()
+    assert head.index("openseadragon.min.js") < head.index("viewer.js")
+    assert "http://" not in head and "https://" not in head  # works offline: nothing from a CDN
