@@ -1,6 +1,6 @@
 """Stock transformers LLaVA checkpoints through load_model and LlavaAdapter.
 
-A tiny LlavaConfig (CLIP vision 32 px / patch 8 → a 4×4 grid, Llama text 32-d, 2 layers) is
+A tiny LlavaConfig (CLIP vision 32 px / patch 8 → a 4×4 grid, Llama text 64-d, 2 layers) is
 built in-process, saved with save_pretrained (+ processor with its own mean/std), and loaded
 back through load_model exactly as a real LLaVA-1.5 folder would be.
 """
@@ -52,10 +52,11 @@ def _llava_config(**overrides):
         patch_size=PATCH,
         projection_dim=16,
     )
+    # 64 wide: bitsandbytes' CPU 4-bit kernels need in_features that are multiples of 64.
     text = LlamaConfig(
         vocab_size=4 + len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=64,
+        intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -256,14 +257,41 @@ def test_masks_are_refused_with_a_sentence(loaded):
     with pytest.raises(CapabilityError, match="cannot produce masks"):
         model.encode_masks(torch.zeros(1, 1, 16, 16))
     with pytest.raises(CapabilityError, match="cannot produce masks"):
-        model.decode_masks(torch.zeros(1, 32), torch.zeros(1, 32, GRID, GRID))
+        model.decode_masks(torch.zeros(1, 64), torch.zeros(1, 32, GRID, GRID))
     input_ids = _prompt_ids(loaded.tokenizer, 0)
     embeds = model.embed_tokens(input_ids)
     with pytest.raises(CapabilityError):
-        model.merge_embeddings(input_ids, embeds, [], mask_embeds=torch.zeros(1, 32))
+        model.merge_embeddings(input_ids, embeds, [], mask_embeds=torch.zeros(1, 64))
 
 
 def test_llava_keeping_cls_is_refused(tmp_path):
     _save_llava(tmp_path, vision_feature_select_strategy="full")
     with pytest.raises(ModelLoadError, match="square grid"):
         load_model(str(tmp_path), LoadOptions(dtype="float32", device="cpu"))
+
+
+def test_tokenizer_that_does_not_match_the_image_token_is_refused(tmp_path):
+    _save_llava(tmp_path, image_token_index=5)  # the tokenizer's <image> is 3
+    with pytest.raises(ModelLoadError, match="does not belong"):
+        load_model(str(tmp_path), LoadOptions(dtype="float32", device="cpu"))
+
+
+def test_four_bit_llava_on_cpu_quantizes_the_llm_only(llava_folder):
+    import bitsandbytes as bnb
+
+    from omnipath.model.loading import bitsandbytes_problem
+
+    problem = bitsandbytes_problem("4bit", "cpu")
+    if problem is not None:
+        pytest.skip(f"bitsandbytes cannot run 4bit on this CPU: {problem}")
+    folder, _ = llava_folder
+    result = load_model(str(folder), LoadOptions(quantization="4bit", device="cpu"))
+    llava = result.model.llava
+    quantized = [n for n, m in llava.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all(n.startswith("model.language_model.") for n in quantized)
+    for part in (llava.model.vision_tower, llava.model.multi_modal_projector, llava.lm_head):
+        assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
+    input_ids = _prompt_ids(result.tokenizer, result.model.num_image_tokens)
+    with torch.no_grad():
+        logits = result.model(input_ids, images=torch.rand(1, 3, IMAGE_SIDE, IMAGE_SIDE)).logits
+    assert torch.isfinite(logits.float()).all()
