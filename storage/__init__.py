@@ -10,6 +10,7 @@ from storage.errors import DatabaseError, InvalidRecordError, NotFoundError
 from storage.export import (
     conversation_geojson,
     conversation_json,
+    export_files,
     mask_polygons,
     turn_overlays,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Store",
     "conversation_geojson",
     "conversation_json",
+    "export_files",
     "mask_polygons",
     "turn_overlays",
 ]

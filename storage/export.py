@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,3 +243,23 @@ def conversation_geojson(
                 },
             })
     return {"type": "FeatureCollection", "features": features}
+
+
+def export_files(store: Store, conversation_id: str, folder: str | Path) -> dict[str, Path]:
+    """Writes the JSON and GeoJSON exports into `folder` (created if needed) for a
+    download button: {"json": .../omnipath-<id>.json, "geojson": .../omnipath-<id>.geojson}.
+    Each file is written to a temporary name and renamed, so a reader never sees half."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    documents = {
+        "json": conversation_json(store, conversation_id),
+        "geojson": conversation_geojson(store, conversation_id),
+    }
+    paths = {}
+    for kind, document in documents.items():
+        path = folder / f"omnipath-{conversation_id}.{kind}"
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+        partial.replace(path)
+        paths[kind] = path
+    return paths

@@ -196,3 +196,14 @@ def test_turn_overlays_give_the_report_the_same_shapes_as_the_geojson(
     assert [o["details"].get("rank") for o in overlays if o["kind"] == "region"] == [1, 2]
     assert overlays[0]["polygons"] == [features[0]["geometry"]["coordinates"]]
     assert turn_overlays(loaded["turns"][3], WIDTH, HEIGHT, answer_number=2) == []
+
+
+def test_export_files_writes_both_documents(logged: tuple[Store, str], tmp_path) -> None:
+    from storage import export_files
+
+    store, conv = logged
+    paths = export_files(store, conv, tmp_path / "exports")
+    assert json.loads(paths["json"].read_text())["conversation"]["id"] == conv
+    assert json.loads(paths["geojson"].read_text())["type"] == "FeatureCollection"
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == sorted(
+        [f"omnipath-{conv}.json", f"omnipath-{conv}.geojson"])
