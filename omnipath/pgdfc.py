@@ -93,12 +93,14 @@ def last_token_attention_row(
     return scores.softmax(dim=-1)[:, :, 0, :]  # B×H×L
 
 
-def first_attention_module(language_model: nn.Module) -> nn.Module:
-    """Layer 0's self-attention of a transformers causal LM (Llama, Mistral, Qwen, ...)."""
+def attention_module(language_model: nn.Module, layer: int = 0) -> nn.Module:
+    """Layer `layer`'s self-attention of a transformers causal LM (Llama, Mistral, Qwen, ...)."""
     decoder = language_model.get_decoder() if hasattr(language_model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
-    if layers is not None and len(layers) > 0 and hasattr(layers[0], "self_attn"):
-        return layers[0].self_attn
+    if layers is not None and len(layers) > layer and hasattr(layers[layer], "self_attn"):
+        return layers[layer].self_attn
+    if layer != 0:
+        raise TypeError(f"{type(language_model).__name__} has no decoder layer {layer} to probe")
     for module in language_model.modules():  # fallback: the first q/k projection pair
         if hasattr(module, "q_proj") and hasattr(module, "k_proj") and hasattr(module, "head_dim"):
             return module
@@ -118,8 +120,8 @@ class AttentionProbe:
     following chunks (detail blocks, decoding) run untouched. `seconds` is the probe's own cost.
     """
 
-    def __init__(self, language_model: nn.Module) -> None:
-        self.attn = first_attention_module(language_model)
+    def __init__(self, language_model: nn.Module, layer: int = 0) -> None:
+        self.attn = attention_module(language_model, layer)
         self.row: torch.Tensor | None = None
         self.heads: torch.Tensor | None = None
         self.seconds = 0.0
@@ -204,6 +206,18 @@ def tissue_cells(tissue_fraction_grid: np.ndarray, threshold: float) -> np.ndarr
     return np.asarray(tissue_fraction_grid, dtype=np.float32) >= float(threshold)
 
 
+def check_s_against_tissue(s: int, tissue: np.ndarray) -> None:
+    """OptionsError when S exceeds the number of tissue cells (tissue: grid×grid bool)."""
+    tissue = np.asarray(tissue, dtype=bool)
+    n_tissue = int(tissue.sum())
+    if s > n_tissue:
+        raise OptionsError(
+            f"S = {s} detail patches were asked for, but only {n_tissue} of the "
+            f"{tissue.shape[0]}×{tissue.shape[1]} thumbnail cells hold tissue; "
+            f"choose S ≤ {n_tissue}" + (" or pgdfc_mode='off'." if n_tissue == 0 else ".")
+        )
+
+
 def select_cells(
     *,
     mode: str,
@@ -225,15 +239,9 @@ def select_cells(
     if mode == "off":
         return []
     tissue = np.asarray(tissue, dtype=bool)
+    check_s_against_tissue(s, tissue)
     flat_tissue = np.flatnonzero(tissue.reshape(-1))
     grid_cols = tissue.shape[1]
-    if s > flat_tissue.size:
-        raise OptionsError(
-            f"S = {s} detail patches were asked for, but only {flat_tissue.size} of the "
-            f"{tissue.shape[0]}×{grid_cols} thumbnail cells hold tissue; "
-            f"choose S ≤ {flat_tissue.size}"
-            + (" or pgdfc_mode='off'." if flat_tissue.size == 0 else ".")
-        )
     flat_psi = None if psi is None else np.asarray(psi, dtype=np.float64).reshape(-1)
     if mode == "attention":
         if flat_psi is None:

@@ -220,3 +220,30 @@ def test_budget_drops_lowest_patches_then_refuses() -> None:
     )
     with pytest.raises(TokenBudgetError, match="exceeds the model's context of 110"):
         fit_detail_budget(base_tokens=100, patch_tokens=[10], max_new_tokens=20, context_length=110)
+
+
+def test_probe_matches_eager_on_tiny_omnipath() -> None:
+    """The probe inside the engine's setting: tiny OmniPath's LM over [thumbnail tokens, text]."""
+    from omnipath.model import OmniPathForConditionalGeneration, tiny_config
+
+    torch.manual_seed(0)
+    model = OmniPathForConditionalGeneration(tiny_config()).eval()
+    lm = model.language_model
+    eager = type(lm)(lm.config.__class__(**{**lm.config.to_dict(), "attn_implementation": "eager"}))
+    eager.load_state_dict(lm.state_dict())
+    eager.eval()
+    n = model.num_image_tokens
+    ids = torch.tensor([[1] + [model.config.image_token_id] * n + list(range(10, 30))])
+    with torch.no_grad():
+        tokens, _ = model.encode_images(torch.rand(1, 3, model.thumb_side, model.thumb_side))
+        embeds = model.merge_embeddings(ids, model.embed_tokens(ids), tokens)
+        with AttentionProbe(lm) as probe:
+            lm.get_decoder()(inputs_embeds=embeds, use_cache=True)
+        reference = eager(inputs_embeds=embeds, output_attentions=True).attentions[0]
+    assert eager.config._attn_implementation == "eager"
+    assert lm.config._attn_implementation != "eager"
+    expected = reference[0, :, -1, :].mean(dim=0)
+    assert torch.allclose(probe.row[0], expected, atol=1e-5)
+    psi = psi_grid(probe.row, list(range(1, n + 1)), model.grid)
+    assert psi.shape == (model.grid, model.grid)
+    assert np.allclose(psi.reshape(-1), expected[1 : n + 1].numpy(), atol=1e-5)

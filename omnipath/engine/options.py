@@ -1,0 +1,82 @@
+"""Per-question options of the engine, validated into clear sentences (OptionsError)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from omnipath.errors import OptionsError
+from omnipath.pgdfc import PGDFC_MODES, validate_mode, validate_s
+
+# Upper limits a person could still mean; beyond them the request is a mistake, not a wish.
+MAX_NEW_TOKENS_LIMIT = 4096
+MAX_DETAIL_PATCHES = 64
+MAX_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    """How to answer one question.
+
+    pgdfc_mode: "attention" (PGDFC), "random" (S random tissue cells, seeded: the paper's
+    ablation baseline) or "off" (thumbnail only). s: detail patches (S). temperature 0 is
+    greedy; above 0, seeded sampling with nucleus `top_p`. timeout_s: wall clock for the
+    whole answer; text generated until then is kept.
+    """
+
+    pgdfc_mode: str = "attention"
+    s: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    timeout_s: float = 120.0
+
+    def validate(self, *, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT) -> AnswerOptions:
+        """Raise OptionsError with a sentence for a person; return self when all is well."""
+        validate_mode(self.pgdfc_mode)
+        validate_s(self.s, mode=self.pgdfc_mode)
+        if self.s > MAX_DETAIL_PATCHES:
+            raise OptionsError(
+                f"S = {self.s} detail patches is more than the {MAX_DETAIL_PATCHES} allowed."
+            )
+        _whole("max_new_tokens", self.max_new_tokens)
+        if not 1 <= self.max_new_tokens <= max_new_tokens_limit:
+            raise OptionsError(
+                f"max_new_tokens = {self.max_new_tokens} is out of range; "
+                f"choose between 1 and {max_new_tokens_limit}."
+            )
+        _number("temperature", self.temperature)
+        if not 0.0 <= self.temperature <= 5.0:
+            raise OptionsError(
+                f"temperature = {self.temperature} is out of range; use 0 (greedy) up to 5."
+            )
+        _number("top_p", self.top_p)
+        if not 0.0 < self.top_p <= 1.0:
+            raise OptionsError(f"top_p = {self.top_p} must be above 0 and at most 1.")
+        _whole("seed", self.seed)
+        if not 0 <= self.seed < 2**63:
+            raise OptionsError(f"seed = {self.seed} must be a non-negative whole number.")
+        _number("timeout_s", self.timeout_s)
+        if not 0.0 < self.timeout_s <= MAX_TIMEOUT_S:
+            raise OptionsError(
+                f"timeout_s = {self.timeout_s} must be above 0 and at most {MAX_TIMEOUT_S:.0f} s."
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def modes() -> tuple[str, ...]:
+        return PGDFC_MODES
+
+
+def _whole(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionsError(f"{name} must be a whole number, not {value!r}.")
+
+
+def _number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise OptionsError(f"{name} must be a finite number, not {value!r}.")

@@ -1,0 +1,372 @@
+"""The engine on `tiny` and generated slides: streaming, PGDFC, masks, boxes, options, errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from omnipath.coords import L0Rect, ThumbFrame
+from omnipath.engine import Answer, AnswerOptions, Engine, MaskResult
+from omnipath.engine.masks import place_mask, region_map
+from omnipath.engine.prompt import build_prompt, clean_text
+from omnipath.engine.results import bitmap_rle
+from omnipath.engine.sampling import make_generator, next_token
+from omnipath.engine.thumbs import ThumbnailCache
+from omnipath.errors import DeviceOutOfMemoryError, OptionsError, TokenBudgetError
+
+SLIDE_W, SLIDE_H = 1600, 1000
+TISSUE_RIGHT = 720  # tissue only left of this level-0 x; the rest is white background
+
+
+# --- units without a model ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "phrase"),
+    [
+        (AnswerOptions(s=0), "at least one detail patch"),
+        (AnswerOptions(pgdfc_mode="zoom"), "not known"),
+        (AnswerOptions(max_new_tokens=10**9), "max_new_tokens = 1000000000 is out of range"),
+        (AnswerOptions(max_new_tokens=0), "out of range"),
+        (AnswerOptions(temperature=-1.0), "temperature"),
+        (AnswerOptions(top_p=0.0), "top_p"),
+        (AnswerOptions(timeout_s=0), "timeout_s"),
+        (AnswerOptions(s=1000), "more than the 64 allowed"),
+        (AnswerOptions(seed=-1), "seed"),
+    ],
+)
+def test_options_validation(options: AnswerOptions, phrase: str) -> None:
+    with pytest.raises(OptionsError, match=phrase):
+        options.validate()
+
+
+def test_default_and_off_options_are_valid() -> None:
+    assert AnswerOptions().validate().s == 8
+    AnswerOptions(pgdfc_mode="off", s=0).validate()
+
+
+def test_greedy_and_seeded_top_p_sampling() -> None:
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
+    assert next_token(logits, temperature=0.0, top_p=1.0, generator=None) == 1
+    draws = [
+        next_token(logits, temperature=1.0, top_p=0.9, generator=make_generator(s))
+        for s in range(40)
+    ]
+    assert set(draws) <= {1, 2} and len(set(draws)) == 2  # token 0 and 3 lie outside top_p
+    again = [
+        next_token(logits, temperature=1.0, top_p=0.9, generator=make_generator(s))
+        for s in range(40)
+    ]
+    assert draws == again
+
+
+def test_place_mask_crops_padding_and_lands_on_level0() -> None:
+    frame = ThumbFrame(l0_width=2000, l0_height=1000, side=128)  # content 128×64, pad_y 32
+    logits = torch.full((32, 32), -5.0)
+    logits[8:24, 0:16] = 5.0  # thumb rows 32..96 are the slide; left half of it
+    result = place_mask(logits, frame)
+    assert result.bitmap.dtype == bool and result.bitmap.shape == (16, 32)
+    assert result.l0_rect == L0Rect(0, 0, 2000, 1000)
+    assert result.bitmap[:, :16].all() and not result.bitmap[:, 16:].any()
+
+
+def test_region_map_marks_the_rectangle_in_the_thumb_frame() -> None:
+    frame = ThumbFrame(l0_width=2000, l0_height=1000, side=100)  # scale 0.05, pad_y 25
+    region = region_map(L0Rect(0, 0, 1000, 1000), frame)
+    assert region.shape == (1, 1, 100, 100)
+    assert region[0, 0, 25:75, 0:50].min() == 1 and region.sum() == 50 * 50
+
+
+def test_bitmap_rle() -> None:
+    assert bitmap_rle(np.array([[True, True], [False, True]])) == [0, 2, 1, 1]
+    assert bitmap_rle(np.array([[False, False, True]])) == [2, 1]
+
+
+def test_thumbnail_cache_is_lru_and_forgets_collected_slides() -> None:
+    class Anonymous:
+        pass
+
+    cache = ThumbnailCache(max_entries=2)
+    a, b, c = Anonymous(), Anonymous(), Anonymous()
+    for s in (a, b):
+        cache.put(s, 64, "features")  # type: ignore[arg-type]
+    assert cache.get(a, 64) == "features" and cache.get(a, 32) is None
+    cache.put(c, 64, "features")  # type: ignore[arg-type]
+    assert cache.get(b, 64) is None and cache.get(a, 64) is not None  # b was least recent
+    del a
+    import gc
+
+    gc.collect()
+    assert len(cache) == 1
+
+
+def test_clean_text_defuses_placeholders() -> None:
+    assert clean_text("is <image> a <mask>?") == "is [image] a [mask]?"
+
+
+# --- the engine on tiny -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    from omnipath.model import OmniPathForConditionalGeneration, build_tiny_tokenizer, tiny_config
+
+    torch.manual_seed(0)
+    return OmniPathForConditionalGeneration(tiny_config()).eval(), build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny: tuple) -> Engine:
+    """One engine for the module: its thumbnail cache makes later questions cheap, as in use."""
+    model, tokenizer = tiny
+    return Engine(model, tokenizer, model_id="tiny", revision=None, demo=True)
+
+
+def _write_slide(path, *, tissue_right: int = TISSUE_RIGHT) -> None:
+    """A small H&E-like image: tissue (pink with purple nuclei) left of `tissue_right`."""
+    rng = np.random.default_rng(0)
+    image = Image.new("RGB", (SLIDE_W, SLIDE_H), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    if tissue_right > 0:
+        draw.rectangle((0, 0, tissue_right - 1, SLIDE_H - 1), fill=(225, 140, 185))
+        for _ in range(1500):
+            x, y = rng.integers(0, tissue_right - 6), rng.integers(0, SLIDE_H - 6)
+            draw.ellipse((x, y, x + 5, y + 5), fill=(110, 50, 140))
+    image.save(path)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    slide_module = pytest.importorskip("omnipath.slide")
+    path = tmp_path_factory.mktemp("slides") / "slide.png"
+    _write_slide(path)
+    with slide_module.open_slide(path) as opened:
+        yield opened
+
+
+def _run(engine: Engine, slide, question="Where is the tumor?", history=None, **kwargs):
+    stop = kwargs.pop("stop", None)
+    region = kwargs.pop("l0_region", None)
+    options = AnswerOptions(**{"s": 4, "max_new_tokens": 6, **kwargs})
+    items = list(
+        engine.answer(slide, history or [], question, options, stop=stop, l0_region=region)
+    )
+    return items[:-1], items[-1]
+
+
+def test_streams_text_then_one_answer(engine: Engine, slide) -> None:
+    deltas, answer = _run(engine, slide)
+    assert isinstance(answer, Answer)
+    assert all(isinstance(d, str) and d for d in deltas)
+    assert "".join(deltas) == answer.text
+    assert set(answer.timings) >= {
+        "thumbnail",
+        "vision",
+        "probe",
+        "detail_read",
+        "detail_encode",
+        "prefill",
+        "decode",
+    }
+    assert answer.tokens["detail_patches"] == 4 and [r.rank for r in answer.regions] == [1, 2, 3, 4]
+    per_patch = engine.model.config.pgdfc_config.tokens_per_patch
+    assert answer.tokens["detail"] > 4 * per_patch  # image tokens plus position texts
+    assert answer.tokens["generated"] <= 6
+    assert answer.model_id == "tiny" and not answer.stopped and not answer.timed_out
+    json.dumps(answer.to_dict())
+
+
+def test_regions_lie_on_tissue_never_background(engine: Engine, slide) -> None:
+    _, answer = _run(engine, slide, s=8)
+    assert len(answer.regions) == 8
+    for region in answer.regions:
+        rect = region.l0_rect
+        assert 0 <= rect.x and rect.x1 <= SLIDE_W and 0 <= rect.y and rect.y1 <= SLIDE_H
+        centre_x = rect.x + rect.w / 2
+        assert centre_x < TISSUE_RIGHT + rect.w / 2  # the cell itself overlaps the tissue
+
+
+def test_greedy_is_deterministic_and_sampling_seeded(engine: Engine, slide) -> None:
+    assert _run(engine, slide)[1].text == _run(engine, slide)[1].text
+    one = _run(engine, slide, temperature=1.0, seed=1)[1].text
+    assert one == _run(engine, slide, temperature=1.0, seed=1)[1].text
+    assert one != _run(engine, slide, temperature=1.0, seed=2)[1].text
+
+
+def test_random_mode_is_seeded_and_differs_from_attention(engine: Engine, slide) -> None:
+    rects = lambda a: [r.l0_rect for r in a.regions]  # noqa: E731
+    attention = _run(engine, slide, s=6)[1]
+    random_a = _run(engine, slide, s=6, pgdfc_mode="random", seed=7)[1]
+    random_b = _run(engine, slide, s=6, pgdfc_mode="random", seed=7)[1]
+    assert rects(random_a) == rects(random_b)
+    assert set(rects(random_a)) != set(rects(attention))
+    assert all(np.isfinite(r.score) for r in random_a.regions)
+
+
+def test_off_mode_reads_nothing(engine: Engine, slide) -> None:
+    _, off = _run(engine, slide, pgdfc_mode="off", s=0)
+    _, on = _run(engine, slide)
+    assert off.regions == [] and off.tokens["detail"] == 0
+    assert off.timings["probe"] == 0 and off.timings["detail_read"] == 0
+    assert off.tokens["prompt"] < on.tokens["prompt"]
+
+
+def test_thumbnail_features_cached_per_slide(engine: Engine, slide) -> None:
+    engine.thumbs.clear()
+    first = _run(engine, slide)[1]
+    second = _run(engine, slide)[1]
+    assert first.tokens["thumbnail_cached"] == 0 and second.tokens["thumbnail_cached"] == 1
+    assert second.timings["vision"] == 0.0
+
+
+def test_multi_turn_history_and_typed_placeholders(engine: Engine, slide) -> None:
+    history = [
+        {"role": "user", "content": "What does this slide show?"},
+        {"role": "assistant", "content": "A section of tissue <mask>."},
+    ]
+    _, answer = _run(engine, slide, question="Is there <image> necrosis?", history=history)
+    assert answer.tokens["history_messages"] == 2
+    _, alone = _run(engine, slide, question="Is there <image> necrosis?")
+    assert answer.tokens["prompt"] > alone.tokens["prompt"]
+
+
+def test_prompt_layout_image_first_turn_only(tiny: tuple) -> None:
+    model, tokenizer = tiny
+    history = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}]
+    prompt = build_prompt(
+        tokenizer,
+        history,
+        "Where?",
+        image_token_id=model.config.image_token_id,
+        num_image_tokens=model.num_image_tokens,
+        mask_token_id=model.config.mask_token_id,
+        region_mask=True,
+    )
+    ids = prompt.prefix_ids
+    assert ids.count(model.config.image_token_id) == model.num_image_tokens
+    assert ids.count(model.config.mask_token_id) == 1 and prompt.mask_positions
+    assert prompt.image_positions == list(
+        range(prompt.image_positions[0], prompt.image_positions[0] + model.num_image_tokens)
+    )
+    text = tokenizer.decode(ids)
+    assert text.index("Hello") > text.index("<image>") and text.rstrip().endswith("Where?")
+    assert "ASSISTANT:" in tokenizer.decode(prompt.suffix_ids)
+
+
+def test_stop_event_and_timeout(engine: Engine, slide) -> None:
+    stop = threading.Event()
+    stream = engine.answer(
+        slide, [], "Describe the slide.", AnswerOptions(s=2, max_new_tokens=40), stop=stop
+    )
+    items = []
+    for item in stream:
+        items.append(item)
+        stop.set()  # pressed after the first delta
+    answer = items[-1]
+    assert answer.stopped and answer.tokens["generated"] < 40
+    assert len(items) <= 3
+    _, late = _run(engine, slide, max_new_tokens=40, timeout_s=1e-6)
+    assert late.timed_out and late.text == ""
+
+
+def test_masks_and_boxes_from_the_generated_text(engine: Engine, slide, monkeypatch) -> None:
+    tokenizer = engine.tokenizer
+    mask_id = engine.model.config.mask_token_id
+    script = (
+        tokenizer("lesion: [0.1, 0.2, 0.3, 0.4] ", add_special_tokens=False)["input_ids"]
+        + [mask_id]
+        + tokenizer(" and ", add_special_tokens=False)["input_ids"]
+        + [mask_id, tokenizer.eos_token_id]
+    )
+    steps = iter(script)
+    monkeypatch.setattr("omnipath.engine.core.next_token", lambda *a, **k: next(steps))
+    deltas, answer = _run(engine, slide, max_new_tokens=64)
+    assert answer.text.count("<mask>") == 2 and "".join(deltas) == answer.text
+    assert len(answer.masks) == 2 and answer.tokens["masks"] == 2
+    for mask in answer.masks:
+        assert isinstance(mask, MaskResult) and mask.bitmap.dtype == bool
+        assert mask.l0_rect.x >= 0 and mask.l0_rect.x1 <= SLIDE_W and mask.l0_rect.y1 <= SLIDE_H
+    (box,) = answer.boxes
+    assert box.label == "lesion" and box.l0_rect == L0Rect(160, 200, 320, 200)
+
+
+def test_region_question_uses_the_mask_encoder_or_words(engine: Engine, slide, monkeypatch) -> None:
+    calls = []
+    original = engine.model.encode_masks
+    monkeypatch.setattr(engine.model, "encode_masks", lambda m: calls.append(m) or original(m))
+    region = L0Rect(100, 100, 400, 300)
+    _, plain = _run(engine, slide)
+    _, pointed = _run(engine, slide, l0_region=region)
+    assert len(calls) == 1 and calls[0].shape[-1] == engine.model.thumb_side
+    assert pointed.tokens["prompt"] > plain.tokens["prompt"]
+    monkeypatch.setattr(engine.model, "supports_masks", False, raising=False)
+    _, worded = _run(engine, slide, l0_region=region)
+    assert len(calls) == 1 and worded.tokens["prompt"] > pointed.tokens["prompt"]
+    with pytest.raises(OptionsError, match="outside the slide"):
+        _run(engine, slide, l0_region=L0Rect(SLIDE_W + 10, 0, 50, 50))
+
+
+@pytest.mark.parametrize(
+    ("question", "kwargs", "phrase"),
+    [
+        ("   ", {}, "question is empty"),
+        ("Where?", {"s": 0}, "at least one detail patch"),
+        ("Where?", {"max_new_tokens": 10**6}, "max_new_tokens"),
+        ("Where?", {"pgdfc_mode": "everything"}, "not known"),
+    ],
+)
+def test_bad_requests_fail_at_call_time(engine: Engine, slide, question, kwargs, phrase) -> None:
+    with pytest.raises(OptionsError, match=phrase):
+        engine.answer(slide, [], question, AnswerOptions(**kwargs))
+    with pytest.raises(OptionsError, match="role"):
+        engine.answer(slide, [{"content": "hi"}], "Where?", AnswerOptions())
+
+
+def test_s_larger_than_the_tissue_cells(engine: Engine, tmp_path) -> None:
+    slide_module = pytest.importorskip("omnipath.slide")
+    path = tmp_path / "sparse.png"
+    _write_slide(path, tissue_right=120)  # a thin strip of tissue
+    with slide_module.open_slide(path) as sparse:
+        with pytest.raises(OptionsError, match="hold tissue"):
+            _run(engine, sparse, s=60)
+
+
+def test_token_budget_drops_lowest_patches_then_refuses(engine: Engine, slide, monkeypatch) -> None:
+    config = engine.model.language_model.config
+    _, full = _run(engine, slide, s=4)
+    need = full.tokens["prompt"] + 6  # prompt with all four patches + max_new_tokens
+    monkeypatch.setattr(config, "max_position_embeddings", need - 1)
+    _, trimmed = _run(engine, slide, s=4)
+    assert trimmed.tokens["detail_patches"] == 3 and trimmed.tokens["detail_patches_dropped"] == 1
+    assert trimmed.regions == full.regions[:3]  # the lowest-scoring patch was dropped
+    monkeypatch.setattr(config, "max_position_embeddings", 20)
+    with pytest.raises(TokenBudgetError, match="context of 20"):
+        _run(engine, slide)
+
+
+def test_out_of_memory_is_reported_and_the_next_request_works(
+    engine: Engine, slide, monkeypatch
+) -> None:
+    original = engine.model.encode_images
+
+    def exhausted(images):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(engine.model, "encode_images", exhausted)
+    engine.thumbs.clear()
+    with pytest.raises(DeviceOutOfMemoryError, match="ran out of memory") as info:
+        _run(engine, slide)
+    assert "20.00 GiB" in (info.value.detail or "")
+    monkeypatch.setattr(engine.model, "encode_images", original)
+    assert isinstance(_run(engine, slide)[1], Answer)
+
+
+def test_engine_info(engine: Engine) -> None:
+    info = engine.info
+    assert info["model_id"] == "tiny" and info["device"] == "cpu" and info["demo"] is True
+    assert info["dtype"] == "float32" and info["supports_masks"] is True
