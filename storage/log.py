@@ -407,7 +407,8 @@ class Store:
             raise InvalidRecordError(f"S (detail patches) must be an integer ≥ 0, not {s!r}.")
         row = {
             "role": role,
-            "text": text,
+            # PostgreSQL text cannot hold NUL; a stray one from a model must not lose the turn.
+            "text": text.replace("\x00", ""),
             "pgdfc_mode": pgdfc_mode,
             "s": None if s is None else int(s),
             "regions": shapes.regions(regions),
@@ -417,7 +418,7 @@ class Store:
             "meta": shapes.json_safe(dict(meta or {}), "meta"),
             "model_id": _optional_text(model_id, "The model id", 256),
             "revision": _optional_text(revision, "The model revision", 128),
-            "error": _optional_text(error, "The error"),
+            "error": None if error is None else _optional_text(error, "The error").replace("\x00", ""),
         }
         mask_records = shapes.masks(masks)
         with self._transaction(write=True) as session:

@@ -121,6 +121,9 @@ def test_a_failed_model_call_is_logged_with_its_error(store: Store, conversation
     store.log_turn(conversation, "user", "Describe the slide.")
     turn_id = store.log_turn(conversation, "assistant", "", error="The GPU ran out of memory.")
     assert store.get_turn(turn_id)["error"] == "The GPU ran out of memory."
+    # A stray NUL from a model (PostgreSQL text cannot store it) does not lose the turn.
+    turn_id = store.log_turn(conversation, "assistant", "half\x00 an answer", error="Stopped.")
+    assert store.get_turn(turn_id)["text"] == "half an answer"
 
 
 def _rle(bitmap: np.ndarray) -> list[int]:
