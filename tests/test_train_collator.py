@@ -94,8 +94,8 @@ def test_collator_expands_images_labels_answers_and_places_masks(tmp_path, token
     # the thumbnail's tokens are contiguous; detail blocks follow the question
     first = (ids[0] == image_id).nonzero().flatten()
     assert (first[:N_IMAGE] == torch.arange(first[0], first[0] + N_IMAGE)).all()
-    assert batch["detail_images"].shape == (2, 3, 8, 8)
-    assert batch["detail_counts"] == [2, 0]
+    assert batch["detail_images"][0].shape == (2, 3, 8, 8)
+    assert batch["detail_images"][1] is None
 
     # labels: exactly the answers' tokens (plus the end-of-turn marker)
     def label_text(row):
@@ -120,7 +120,9 @@ def test_collator_expands_images_labels_answers_and_places_masks(tmp_path, token
     assert target.shape == (1, 1, SIDE, SIDE)
     assert target[0, 0, 16, 4] == 1 and target[0, 0, 16, 28] == 0
     assert target[0, 0, 2, 4] == 0  # padding is never mask
-    assert batch["mask_inputs"].shape == (1, 1, SIDE, SIDE)
+    assert batch["mask_maps"].shape == (1, 1, SIDE, SIDE)
+    positions = batch["mask_input_positions"]
+    assert positions.sum() == 1 and positions[1].sum() == 1  # sample 1's question, not 0's answer
     # the image itself is padded white
     assert torch.allclose(batch["images"][0, :, 2, 16], torch.ones(3))
 

@@ -12,7 +12,8 @@ Sequence layout of one example (token ids, B×L after padding on the right):
   marker included, so the model learns to stop); `<mask>` in an answer is a label like any
   other token, so the model learns to emit it.
 - `mask_targets` K×1×H×W (thumb frame, {0, 1}) follow the order of the `<mask>` tokens in
-  the answers, batch-major; `mask_inputs` likewise for `<mask>` in user turns.
+  the answers, batch-major; `mask_maps` likewise for `<mask>` in user turns (the model's
+  mask encoder turns them into those tokens' input embeddings).
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ def detail_block_text(texts: Sequence[str]) -> str:
 class ConversationCollator:
     """Turns a list of `Example`s into model inputs (see the module docstring).
 
-    Returns a dict: input_ids B×L, attention_mask B×L, labels B×L, images B×3×S×S,
-    detail_images ΣP×3×d×d or None, detail_counts list[int] (patches per example),
-    mask_inputs K_in×1×S×S or None, mask_targets K×1×S×S or None.
+    Returns the keyword arguments of `OmniPathForConditionalGeneration.forward`:
+    input_ids B×L, attention_mask B×L, labels B×L, images B×3×S×S, detail_images (one
+    P_b×3×d×d tensor or None per example), tokens_per_patch, mask_maps K_in×1×S×S or None
+    with mask_input_positions B×L bool (the user turns' `<mask>` tokens), mask_targets
+    K×1×S×S or None (the answers' `<mask>` tokens, reading order).
     """
 
     tokenizer: object
@@ -95,10 +98,15 @@ class ConversationCollator:
             done = full
         return pieces
 
-    def _encode(self, example: Example) -> tuple[list[int], list[int]]:
+    def _encode(
+        self, example: Example, *, prompt_only: bool = False
+    ) -> tuple[list[int], list[int]]:
         ids: list[int] = []
         labels: list[int] = []
-        for text, is_label in self._pieces(example):
+        pieces = self._pieces(example)
+        if prompt_only:  # everything before the final answer: what generation starts from
+            pieces = pieces[:-1]
+        for text, is_label in pieces:
             piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             ids.extend(piece)
             labels.extend(piece if is_label else [IGNORE_INDEX] * len(piece))
@@ -124,6 +132,8 @@ class ConversationCollator:
             else:
                 out_ids.append(token)
                 out_labels.append(label)
+        if prompt_only:
+            return out_ids, out_labels
         # Every <mask> must have its map: inputs in user turns, targets in answers.
         n_mask_targets = sum(
             1
@@ -144,6 +154,31 @@ class ConversationCollator:
             )
         return out_ids, out_labels
 
+    def prompt(self, example: Example) -> dict:
+        """Model inputs (batch of one) for generating the example's FINAL answer: the chat up
+        to and including the assistant prompt, images and earlier-turn masks as in training.
+        The answer's own mask targets are left out."""
+        ids, _ = self._encode(example, prompt_only=True)
+        input_ids = torch.tensor([ids])
+        n_inputs = len(example.mask_inputs)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "images": example.image.unsqueeze(0),
+            "detail_images": [example.details if example.details.shape[0] else None],
+            "tokens_per_patch": self.tokens_per_patch,
+            "mask_maps": torch.stack(example.mask_inputs) if n_inputs else None,
+            # earlier answers' <mask> tokens are outputs, so only the user turns' are inputs
+            "mask_input_positions": self._user_mask_positions(example, input_ids)
+            if n_inputs
+            else None,
+        }
+
+    def _user_mask_positions(self, example: Example, input_ids: torch.Tensor) -> torch.Tensor:
+        _, labels = self._encode(example, prompt_only=True)
+        labels_t = torch.tensor([labels])
+        return (input_ids == self.mask_token_id) & (labels_t == IGNORE_INDEX)
+
     def __call__(self, examples: Sequence[Example]) -> dict:
         encoded = [self._encode(e) for e in examples]
         length = max(len(ids) for ids, _ in encoded)
@@ -158,16 +193,21 @@ class ConversationCollator:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention_mask[row, : len(ids)] = 1
-        details = [e.details for e in examples if e.details.shape[0] > 0]
-        mask_inputs = [m for e in examples for m in e.mask_inputs]
+        mask_maps = [m for e in examples for m in e.mask_inputs]
         mask_targets = [m for e in examples for m in e.mask_targets]
+        # Input <mask> tokens are the ones in user turns (not labels); passing their positions
+        # keeps the model from guessing "the first K in reading order", which across a batch
+        # would take sample 0's answer <mask> before sample 1's question <mask>.
+        mask_input_positions = (input_ids == self.mask_token_id) & (labels == IGNORE_INDEX)
+        mask_input_positions &= attention_mask.bool()
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "images": torch.stack([e.image for e in examples]),
-            "detail_images": torch.cat(details) if details else None,
-            "detail_counts": [int(e.details.shape[0]) for e in examples],
-            "mask_inputs": torch.stack(mask_inputs) if mask_inputs else None,
+            "detail_images": [e.details if e.details.shape[0] else None for e in examples],
+            "tokens_per_patch": self.tokens_per_patch,
+            "mask_maps": torch.stack(mask_maps) if mask_maps else None,
+            "mask_input_positions": mask_input_positions if mask_maps else None,
             "mask_targets": torch.stack(mask_targets) if mask_targets else None,
         }
