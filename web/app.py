@@ -5,8 +5,9 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
+from omnipath.errors import OmniPathError
 from web.config import WebConfig
-from web.services import WebServices, build_services, register_initial_slide
+from web.services import WebServices, build_services, open_slide_file, register_initial_slide
 from web.tile_routes import TileCacheFastPath, tile_router
 from web.viewer_component import build_viewer, mount_viewer_assets, viewer_state
 
@@ -31,7 +32,25 @@ def build_demo(config: WebConfig, services: WebServices | None = None) -> gr.Blo
     with gr.Blocks(title="OmniPath") as demo:
         gr.Markdown("## OmniPath — whole-slide viewer")
         gr.Markdown(NOT_CONNECTED, elem_id="omnipath-model-status")
-        build_viewer(initial_viewer_state(services))
+        viewer = build_viewer(initial_viewer_state(services))
+        upload = gr.File(
+            label="Open a slide (OpenSlide formats, PNG, JPEG, TIFF; MIRAX as a .zip)",
+            file_count="single",
+            type="filepath",
+            elem_id="omnipath-open-slide",
+        )
+
+        def open_upload(path: str | None, current: str) -> str:
+            if path is None:
+                return current
+            try:
+                slide_id, meta = open_slide_file(services, path)
+            except OmniPathError as exc:
+                gr.Warning(exc.message)
+                return current
+            return viewer_state(slide_id, meta.to_dict(), layers={})  # old overlays go
+
+        upload.upload(open_upload, inputs=[upload, viewer], outputs=[viewer])
     return demo
 
 

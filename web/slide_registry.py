@@ -170,6 +170,12 @@ class SlideRegistry:
         if close_now:
             opened._close()
 
+    def unregister(self, slide_id: str) -> None:
+        """Forget the id altogether (e.g. an upload that turned out not to be a slide)."""
+        self.forget(slide_id)
+        with self._lock:
+            self._paths.pop(slide_id, None)
+
     def forget(self, slide_id: str) -> None:
         """Drop an open handle (e.g. after the slide layer reported damage); reopened on next use."""
         with self._lock:
