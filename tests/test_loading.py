@@ -391,6 +391,15 @@ def test_four_bit_without_bitsandbytes_is_a_precision_error(monkeypatch):
         load_model("tiny", LoadOptions(quantization="4bit", device="cpu"))
 
 
+def test_quantization_the_device_cannot_run_is_a_precision_error(monkeypatch):
+    """bitsandbytes installed but its kernels fail on this device (the one-layer smoke test)."""
+    monkeypatch.setattr(
+        loading, "_bitsandbytes_smoke_test", lambda quantization, device: "no kernel for cpu"
+    )
+    with pytest.raises(PrecisionError, match="no kernel for cpu"):
+        load_model("tiny", LoadOptions(quantization="4bit", device="cpu"))
+
+
 def _bnb_layers(module: nn.Module) -> list[str]:
     import bitsandbytes as bnb
 
@@ -448,6 +457,31 @@ def test_reachable_hub_without_the_repository_is_model_not_found(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     try:
         with pytest.raises(ModelNotFoundError, match="has no model"):
+            load_model(_uncached_id(), CPU32)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_endpoint_that_is_not_a_hub_is_model_not_found(monkeypatch):
+    """Plain 404s (no hub error code), e.g. HF_ENDPOINT pointing at some other web server."""
+
+    class PlainNotFound(http.server.BaseHTTPRequestHandler):
+        def _not_found(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _not_found  # noqa: N815 (http.server's naming)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), PlainNotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    try:
+        with pytest.raises(ModelNotFoundError, match="not found"):
             load_model(_uncached_id(), CPU32)
     finally:
         server.shutdown()

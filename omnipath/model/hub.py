@@ -216,7 +216,20 @@ def _download(repo_id: str, endpoint: str) -> Path:
             "(hf auth login or HF_TOKEN) if it is private.",
             detail=repr(error),
         ) from error
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+    except HfHubHTTPError as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status == 404:
+            raise ModelNotFoundError(
+                f"{endpoint} answered 'not found' for the model '{repo_id}'. Check the id, and "
+                "that HF_ENDPOINT (if set) points at a Hugging Face hub.",
+                detail=repr(error),
+            ) from error
+        raise ModelLoadError(
+            f"Downloading the model '{repo_id}' from {endpoint} failed (HTTP {status}). Try "
+            "again later, or give the path of a local model folder.",
+            detail=repr(error),
+        ) from error
+    except (LocalEntryNotFoundError, OSError) as error:
         raise ModelLoadError(
             f"Downloading the model '{repo_id}' from {endpoint} failed. Check the network and "
             "the free disk space, then try again.",

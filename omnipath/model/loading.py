@@ -420,11 +420,19 @@ def _from_pretrained(model_class: Any, folder: Path, plan: LoadPlan) -> nn.Modul
         config = model_class.config_class.from_pretrained(folder, local_files_only=True)
         skip = llm_only_skip_modules(model_class, config)
         kwargs["quantization_config"] = quantization_config(plan.quantization, plan.dtype, skip)
-        kwargs["device_map"] = {"": plan.device}
+        kwargs["device_map"] = {"": _device_map_target(plan.device)}
     elif plan.device != "cpu":
-        kwargs["device_map"] = {"": plan.device}  # straight to the GPU, no CPU copy
+        # straight to the GPU, no CPU copy of the weights
+        kwargs["device_map"] = {"": _device_map_target(plan.device)}
     model = model_class.from_pretrained(folder, **kwargs)
     return model.eval()
+
+
+def _device_map_target(device: str) -> str:
+    """What `device_map={"": ...}` gets: an explicit "cuda:N" (the current GPU for "cuda")."""
+    if device == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
 
 
 def _load_tokenizer(folder: Path, model_id: str) -> Any:
