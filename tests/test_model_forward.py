@@ -218,3 +218,15 @@ def test_smollm2_style_gqa_language_model():
     with torch.no_grad():
         out = model(input_ids=ids, images=torch.rand(1, 3, 128, 128), return_mask_logits=True)
     assert out.logits.shape[-1] == text.vocab_size and out.mask_logits.shape == (1, 1, 32, 32)
+
+
+def test_no_output_masks_gives_an_empty_mask_batch(model):
+    g = model.grid
+    empty = model.decode_masks(
+        torch.zeros(0, 64), torch.zeros(0, model.config.vision_channels, g, g)
+    )
+    assert empty.shape == (0, 1, 4 * g, 4 * g)
+    ids = _prompt(model, masks=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, images=torch.rand(1, 3, 128, 128), return_mask_logits=True)
+    assert out.mask_logits.shape == (0, 1, 4 * g, 4 * g)

@@ -59,3 +59,17 @@ def test_save_load_round_trip_gives_same_outputs(tmp_path):
     # (memory-mapped) tensors have another alignment, so BLAS can pick other kernels.
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-6)
     torch.testing.assert_close(a.mask_logits, b.mask_logits, rtol=0, atol=1e-6)
+
+
+def test_auto_classes_load_a_saved_model(tmp_path):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from omnipath.model import register_with_auto
+
+    register_with_auto()
+    register_with_auto()  # idempotent
+    torch.manual_seed(0)
+    OmniPathForConditionalGeneration(tiny_config()).save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), OmniPathConfig)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert isinstance(model, OmniPathForConditionalGeneration)

@@ -14,7 +14,11 @@ from omnipath.model.configuration import (
     smollm2_135m_text_config,
     tiny_config,
 )
-from omnipath.model.modeling import OmniPathForConditionalGeneration, OmniPathOutput
+from omnipath.model.modeling import (
+    OmniPathForConditionalGeneration,
+    OmniPathOutput,
+    register_with_auto,
+)
 from omnipath.model.tokenization import build_tiny_tokenizer
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "TokenCountError",
     "build_tiny_tokenizer",
     "omnipath_13b_config",
+    "register_with_auto",
     "smollm2_135m_text_config",
     "tiny_config",
 ]

@@ -97,6 +97,9 @@ class MaskDecoderHead(nn.Module):
         g_h, g_w = image.shape[-2:]
         pe = self.pe_layer((g_h, g_w)).unsqueeze(0).to(dtype)  # 1×dim×g×g
         dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, g_h, g_w)
+        if hidden.shape[0] == 0:
+            side = 4 * g_h  # the decoder upsamples its grid 4×
+            return image.new_zeros((0, 1, side, 4 * g_w))
         masks = []
         # SAM's decoder repeats the image once per prompt; one (image, prompt) pair per call
         # keeps each mask on its own image.

@@ -421,3 +421,28 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
             for key in _PREFILL_ONLY_INPUTS:
                 model_inputs.pop(key, None)
         return model_inputs
+
+
+def register_with_auto() -> None:
+    """Let `AutoConfig` / `AutoModelForImageTextToText` resolve model_type "omnipath".
+
+    Explicit (not done at import). Safe to call more than once.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from omnipath.model.configuration import (
+        OmniPathMaskConfig,
+        OmniPathPgdfcConfig,
+        OmniPathUniConfig,
+    )
+
+    for config_class in (
+        OmniPathConfig,
+        OmniPathUniConfig,
+        OmniPathMaskConfig,
+        OmniPathPgdfcConfig,
+    ):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModelForImageTextToText.register(
+        OmniPathConfig, OmniPathForConditionalGeneration, exist_ok=True
+    )
