@@ -8,8 +8,9 @@
    background, padding included, are never chosen).
 3. Top-S cells (mode "attention"), S random tissue cells (mode "random", seeded: the paper's
    ablation baseline) or nothing (mode "off").
-4. Cells → level-0 rectangles (with `DETAIL_CONTEXT` around each cell) → high-resolution reads
-   through the slide layer → the same vision towers (the engine calls
+4. Cells → level-0 rectangles centred on each cell (the cell with `DETAIL_CONTEXT` around it,
+   or less: never more than the encoder sees at the detail magnification) → reads through the
+   slide layer → the same vision towers (the engine calls
    `model.encode_detail_patches`) → a short position text per patch.
 5. A token-budget check that drops patches (lowest score first) or refuses.
 
@@ -19,7 +20,6 @@ Frames: `grid_` (row, col) cells of the model's g×g token grid over the square 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,8 +41,11 @@ PGDFC_MODES: tuple[str, ...] = ("attention", "random", "off")
 
 # How much context around a grid cell is read, as a fraction of the cell side added on every
 # side: 0.25 reads 1.5 × the cell in each direction, centred on the cell, so that a gland or
-# a nest of cells cut by the cell border is still seen whole. The reported region (what the
-# viewer draws) is the same rectangle, clipped to the slide.
+# a nest of cells cut by the cell border is still seen whole. The models' configs carry their
+# own value (pgdfc_config.context_fraction); this is the default. On a slide so large that
+# 1.5 cells exceed what the encoder sees at the detail magnification, the read shrinks to that
+# window around the cell's centre (see cell_read_rect). The reported region (what the viewer
+# draws) is the rectangle read, clipped to the slide.
 DETAIL_CONTEXT = 0.25
 
 
@@ -267,30 +270,49 @@ def select_cells(
 
 
 def cell_read_rect(
-    frame: ThumbFrame, cell: Cell, grid: int, context: float = DETAIL_CONTEXT
+    frame: ThumbFrame,
+    cell: Cell,
+    grid: int,
+    context: float = DETAIL_CONTEXT,
+    *,
+    max_l0_side: float | None = None,
 ) -> L0Rect:
-    """The SQUARE level-0 rectangle read for a cell: the cell plus `context` × its side on every
-    side, not clipped (the slide layer returns white outside the slide), so every detail
-    patch has the same scale and aspect whatever its position."""
+    """The SQUARE level-0 rectangle read for a cell, centred on the cell.
+
+    Its side is the cell plus `context` × the cell side on every side, or `max_l0_side` when
+    that is smaller (`detail_window_l0`: what the encoder sees at the detail magnification;
+    on a large slide a cell is bigger than that and the read is the cell's centre at full
+    detail, not the whole cell downsampled). Not clipped (the slide layer returns white
+    outside the slide), so every detail patch has one scale and aspect.
+    """
     from omnipath.coords import L0Rect
 
     thumb_cell = frame.side / grid
-    thumb_x0 = (cell.grid_col - context) * thumb_cell
-    thumb_y0 = (cell.grid_row - context) * thumb_cell
-    thumb_x1 = (cell.grid_col + 1 + context) * thumb_cell
-    thumb_y1 = (cell.grid_row + 1 + context) * thumb_cell
-    l0_x0, l0_y0 = frame.thumb_to_l0(thumb_x0, thumb_y0)
-    l0_x1, l0_y1 = frame.thumb_to_l0(thumb_x1, thumb_y1)
-    side = max(1, round(max(l0_x1 - l0_x0, l0_y1 - l0_y0)))
-    return L0Rect(x=math.floor(l0_x0), y=math.floor(l0_y0), w=side, h=side)
+    l0_cx, l0_cy = frame.thumb_to_l0(
+        (cell.grid_col + 0.5) * thumb_cell, (cell.grid_row + 0.5) * thumb_cell
+    )
+    l0_side = thumb_cell * (1.0 + 2.0 * context) / frame.scale
+    if max_l0_side is not None:
+        l0_side = min(l0_side, max_l0_side)
+    side = max(1, round(l0_side))
+    return L0Rect(x=round(l0_cx - side / 2), y=round(l0_cy - side / 2), w=side, h=side)
 
 
-def cell_region(
-    frame: ThumbFrame, cell: Cell, grid: int, context: float = DETAIL_CONTEXT
-) -> L0Rect | None:
-    """The region reported to the user for a cell: the read rectangle clipped to the slide
-    (None when it lies entirely in the padding, which the tissue filter already excludes)."""
-    return frame.grid_cell_to_l0(cell.grid_row, cell.grid_col, grid, context=context)
+def cell_region(read_rect: L0Rect, l0_width: int, l0_height: int) -> L0Rect | None:
+    """The region reported to the user: the read rectangle clipped to the slide (None when
+    nothing of it is on the slide; the tissue filter already excludes such cells)."""
+    clipped = read_rect.clip(l0_width, l0_height)
+    return clipped if clipped.w > 0 and clipped.h > 0 else None
+
+
+def detail_window_l0(
+    *, encoder_side: int, slide_mpp: float | None, detail_mpp: float | None
+) -> float | None:
+    """Level-0 side of what the encoder's input covers at the detail magnification
+    (`encoder_side` px at `detail_mpp` µm/px); None when the slide's resolution is unknown."""
+    if not slide_mpp or not detail_mpp:
+        return None
+    return encoder_side * detail_mpp / slide_mpp
 
 
 def detail_read_side(

@@ -18,6 +18,7 @@ from omnipath.pgdfc import (
     cell_read_rect,
     cell_region,
     detail_read_side,
+    detail_window_l0,
     fit_detail_budget,
     position_text,
     psi_grid,
@@ -173,16 +174,31 @@ def test_tissue_threshold() -> None:
     assert tissue_cells(fractions, 0.05).tolist() == [[False, False], [True, True]]
 
 
-def test_read_rects_are_square_with_context_and_regions_clipped() -> None:
+def test_read_rects_are_square_centred_with_context_and_regions_clipped() -> None:
     frame = ThumbFrame(l0_width=6000, l0_height=3000, side=60)  # scale 0.01, pad_y 15
     grid = 6  # 10 thumb px = 1000 l0 px per cell
     corner = Cell(grid_row=1, grid_col=0, score=1.0, rank=1)  # thumb y 10..20: half padding
     read = cell_read_rect(frame, corner, grid)
     assert read.w == read.h == round(1000 * (1 + 2 * DETAIL_CONTEXT))
-    assert (read.x, read.y) == (-250, -750)
-    region = cell_region(frame, corner, grid)
-    assert region == L0Rect(0, 0, 1250, 750)
-    assert cell_region(frame, Cell(0, 0, 1.0, 1), grid) is None  # all padding
+    assert (read.x, read.y) == (-250, -750)  # centred on the cell (500, 0)
+    assert cell_region(read, 6000, 3000) == L0Rect(0, 0, 1250, 750)
+    far = cell_read_rect(frame, Cell(0, 0, 1.0, 1), grid)  # all padding
+    assert cell_region(far, 6000, 3000) is None
+
+
+def test_read_window_at_the_detail_magnification_on_a_large_slide() -> None:
+    # 60k × 40k at 0.25 µm/px, encoder 448 px: at 20× (0.5 µm/px) it sees 896 level-0 px,
+    # much less than a 3750 px cell, so the read is the cell's centre at full detail
+    frame = ThumbFrame(l0_width=60000, l0_height=40000, side=448)
+    window = detail_window_l0(encoder_side=448, slide_mpp=0.25, detail_mpp=0.5)
+    assert window == 896
+    cell = Cell(grid_row=8, grid_col=3, score=1.0, rank=1)
+    read = cell_read_rect(frame, cell, 16, max_l0_side=window)
+    assert read.w == read.h == 896
+    centre = frame.thumb_to_l0(3.5 * 28, 8.5 * 28)
+    assert abs(read.x + 448 - centre[0]) <= 1 and abs(read.y + 448 - centre[1]) <= 1
+    assert detail_read_side(read.w, slide_mpp=0.25, detail_mpp=0.5, encoder_side=448) == 448
+    assert detail_window_l0(encoder_side=448, slide_mpp=None, detail_mpp=0.5) is None
 
 
 def test_detail_read_side() -> None:

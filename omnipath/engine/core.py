@@ -431,10 +431,19 @@ class Engine:
         )
         frame = thumb.frame
         context = float(self._setting("context_fraction", pgdfc.DETAIL_CONTEXT))
-        regions = [
-            Region(rank=c.rank, score=c.score, l0_rect=pgdfc.cell_region(frame, c, grid, context))
-            for c in cells
-        ]
+        slide_mpp = _slide_mpp(slide)
+        detail_mpp = 10.0 / float(self._setting("detail_magnification", 20.0))
+        encoder_side = int(self.model.thumb_side)
+        window = pgdfc.detail_window_l0(
+            encoder_side=encoder_side, slide_mpp=slide_mpp, detail_mpp=detail_mpp
+        )
+        read_rects, regions = [], []
+        for cell in cells:
+            read_rect = pgdfc.cell_read_rect(frame, cell, grid, context, max_l0_side=window)
+            l0_rect = pgdfc.cell_region(read_rect, frame.l0_width, frame.l0_height)
+            if l0_rect is not None:  # always, for a tissue cell; never read pure padding
+                read_rects.append(read_rect)
+                regions.append(Region(rank=cell.rank, score=cell.score, l0_rect=l0_rect))
         texts = [
             pgdfc.position_text(i, r.l0_rect, frame.l0_width, frame.l0_height)
             for i, r in enumerate(regions, start=1)
@@ -452,17 +461,13 @@ class Engine:
             max_new_tokens=options.max_new_tokens,
             context_length=self.context_length,
         )
-        cells, regions, blocks = cells[:keep], regions[:keep], blocks[:keep]
+        regions, blocks, read_rects = regions[:keep], blocks[:keep], read_rects[:keep]
         result = _Pgdfc(regions=regions, block_ids=blocks, dropped=len(texts) - keep)
-        if not cells:
+        if not regions:
             return result
         started = time.perf_counter()
-        read_rects = [pgdfc.cell_read_rect(frame, c, grid, context) for c in cells]
         out_side = pgdfc.detail_read_side(
-            read_rects[0].w,
-            slide_mpp=_slide_mpp(slide),
-            detail_mpp=10.0 / float(self._setting("detail_magnification", 20.0)),
-            encoder_side=int(self.model.thumb_side),
+            read_rects[0].w, slide_mpp=slide_mpp, detail_mpp=detail_mpp, encoder_side=encoder_side
         )
         patches = pgdfc.read_detail_patches(slide, read_rects, out_side)
         timings["detail_read"] = time.perf_counter() - started
