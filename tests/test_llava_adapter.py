@@ -295,3 +295,37 @@ def test_four_bit_llava_on_cpu_quantizes_the_llm_only(llava_folder):
     with torch.no_grad():
         logits = result.model(input_ids, images=torch.rand(1, 3, IMAGE_SIDE, IMAGE_SIDE)).logits
     assert torch.isfinite(logits.float()).all()
+
+
+def test_engine_answers_with_pgdfc_on_the_adapter(loaded, tmp_path):
+    """The engine, unchanged, runs PGDFC on a stock LLaVA checkpoint: detail regions are
+    chosen on tissue, and no masks are produced."""
+    slide_module = pytest.importorskip("omnipath.slide")
+    if not hasattr(slide_module, "open_slide"):
+        pytest.skip("omnipath.slide.open_slide is not in this tree yet")
+    from PIL import Image, ImageDraw
+
+    from omnipath.engine import Answer, AnswerOptions, Engine
+
+    width, height, tissue_right = 1200, 800, 500
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, tissue_right - 1, height - 1), fill=(225, 140, 185))
+    for i in range(0, tissue_right - 8, 12):
+        for j in range(0, height - 8, 12):
+            draw.ellipse((i, j, i + 6, j + 6), fill=(110, 50, 140))
+    path = tmp_path / "slide.png"
+    image.save(path)
+
+    engine = Engine(
+        loaded.model, loaded.tokenizer, model_id=loaded.model_id, revision=None, demo=False
+    )
+    options = AnswerOptions(pgdfc_mode="attention", s=2, max_new_tokens=3)
+    with slide_module.open_slide(path) as slide:
+        items = list(engine.answer(slide, [], "Where is the tumor?", options))
+    answer = items[-1]
+    assert isinstance(answer, Answer) and answer.error is None
+    assert len(answer.regions) == 2
+    assert all(region.l0_rect.x < tissue_right for region in answer.regions)
+    assert answer.masks == []
+    assert engine.info["supports_masks"] is False
