@@ -1,0 +1,228 @@
+"""The viewer in a real browser: Debian's chromium (headless) against the real app server.
+
+Starts the app (tile routes + Gradio + viewer assets) on a free local port with a small
+synthetic slide, waits until OpenSeadragon has drawn the slide, drives the overlay API and
+saves a screenshot to artifacts/viewer.png. Skips with the reason when chromium is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from web.viewer_component import OSD_BUILD_DIR, mask_item, rect_item
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
+        pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
+    import uvicorn
+
+    from omnipath.synth import write_synthetic_slide
+    from web.app import create_app
+    from web.config import WebConfig
+
+    folder = tmp_path_factory.mktemp("browser")
+    slide = write_synthetic_slide(folder / "slide.tiff", 3000, 2000, seed=3)
+    config = WebConfig(port=_free_port(), data_dir=folder, slide=slide.path, sample_slide=False)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the app server did not start")
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{config.port}/"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="omnipath-chromium-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_for(driver, script: str, timeout_s: float = 45) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_viewer_draws_the_slide_and_the_chat_overlays(server_url: str, browser) -> None:
+    driver = browser
+    driver.get(server_url)
+    assert "not connected yet" in _wait_for(driver, "return document.body.innerText")
+
+    # OpenSeadragon opened the DZI and drew every tile it wanted for the first view.
+    _wait_for(
+        driver,
+        "const v = window.omnipathViewer && window.omnipathViewer.viewer;"
+        "const item = v && v.world.getItemAt(0);"
+        "return !!item && item.getFullyLoaded();",
+    )
+    # The canvas holds slide pixels (tissue colours vary; an empty canvas would be uniform).
+    spread = driver.execute_script(
+        "const canvas = window.omnipathViewer.viewer.drawer.canvas;"
+        "const ctx = canvas.getContext('2d');"
+        "const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;"
+        "let min = 255, max = 0;"
+        "for (let i = 0; i < data.length; i += 4 * 97) { min = Math.min(min, data[i + 1]); max = Math.max(max, data[i + 1]); }"
+        "return max - min;"
+    )
+    assert spread > 40
+
+    # Readouts from the slide's microns per pixel (synthetic slides: 0.25 µm/px, 40×).
+    readouts = driver.execute_script(
+        "return [document.querySelector('.ov-magnification').textContent,"
+        " document.querySelector('.ov-scalebar-label').textContent];"
+    )
+    assert readouts[0].endswith("×") and any(unit in readouts[1] for unit in ("µm", "mm"))
+
+    bitmap = np.zeros((40, 60), dtype=bool)
+    bitmap[8:32, 10:50] = True
+    layers = {
+        "regions": [rect_item({"x": 300, "y": 300, "w": 500, "h": 400}, "region 1"),
+                    rect_item({"x": 1900, "y": 1100, "w": 400, "h": 400}, "region 2")],
+        "boxes": [rect_item({"x": 1200, "y": 500, "w": 600, "h": 500}, "box")],
+        "masks": [mask_item(bitmap, {"x": 700, "y": 1200, "w": 900, "h": 600}, "mask")],
+    }  # fmt: skip
+    driver.execute_script(f"window.omnipathViewer.setLayers({json.dumps(layers)});")
+    counts = driver.execute_script(
+        "return ['regions', 'boxes', 'masks'].map(n => document.querySelectorAll('.ov-overlay-' + n).length);"
+    )
+    assert counts == [2, 1, 1]
+    assert (
+        _wait_for(
+            driver,
+            "const img = document.querySelector('.ov-mask-image'); return img && img.complete && img.naturalWidth;",
+        )
+        == 60
+    )
+    badges = driver.execute_script(
+        "return [...document.querySelectorAll('.ov-overlay-regions .ov-badge')].map(b => b.textContent);"
+    )
+    assert badges == ["1", "2"]
+
+    # Toggling a layer hides its overlays only.
+    driver.execute_script("window.omnipathViewer.setLayerVisible('boxes', false);")
+    hidden = driver.execute_script(
+        "return [...document.querySelectorAll('.ov-overlay')].map(n => [n.dataset.layer, getComputedStyle(n).display]);"
+    )
+    assert all((display == "none") == (layer == "boxes") for layer, display in hidden)
+    driver.execute_script("window.omnipathViewer.setLayerVisible('boxes', true);")
+
+    # Clicking an overlay zooms to it: afterwards the view is about that rectangle's size.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    region = driver.find_elements("css selector", ".ov-overlay-regions")[1]
+    ActionChains(driver).move_to_element(region).click().perform()
+    bounds = _wait_for(
+        driver,
+        "const v = window.omnipathViewer.viewer; if (v.viewport.getZoom(true) !== v.viewport.getZoom(false)) return null;"
+        "const b = v.world.getItemAt(0).viewportToImageRectangle(v.viewport.getBounds(true));"
+        "return [b.x, b.y, b.width, b.height];",
+    )
+    x, y, w, h = bounds
+    assert x <= 1900 and y <= 1100 and x + w >= 2300 and y + h >= 1500  # the region is in view
+    assert w < 1500  # and the view zoomed in on it (the whole slide is 3000 px wide)
+
+    # Back to the whole slide for the screenshot, with the cursor read-out exercised.
+    driver.execute_script("window.omnipathViewer.viewer.viewport.goHome(true);")
+    canvas = driver.find_element("css selector", ".ov-canvas")
+    ActionChains(driver).move_to_element_with_offset(canvas, 10, 10).perform()
+    assert "µm" in _wait_for(driver, "return document.querySelector('.ov-cursor').textContent;")
+    _wait_for(driver, "return window.omnipathViewer.viewer.world.getItemAt(0).getFullyLoaded();")
+    artifacts = REPO / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(artifacts / "viewer.png"))
+
+
+def test_an_uploaded_slide_replaces_the_open_one_and_a_bad_file_is_refused(
+    server_url: str, browser, tmp_path: Path
+) -> None:
+    from omnipath.slide import content_hash
+    from omnipath.synth import write_synthetic_slide
+
+    driver = browser
+    driver.get(server_url)
+    first = _wait_for(
+        driver, "const v = window.omnipathViewer; return v && v.instance && v.instance.dziUrl;"
+    )
+    second = write_synthetic_slide(tmp_path / "second.tiff", 1200, 900, seed=4).path
+    upload = driver.find_element("css selector", "#omnipath-open-slide input[type=file]")
+    upload.send_keys(str(second))
+    expected = f"/slides/{content_hash(second)}.dzi"
+    assert _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{expected}';")
+    assert first != expected
+    _wait_for(
+        driver,
+        "const item = window.omnipathViewer.viewer.world.getItemAt(0); return !!item && item.getFullyLoaded();",
+    )
+
+    not_a_slide = tmp_path / "notes.svs"
+    not_a_slide.write_text("these are notes, not a slide")
+    driver.find_element("css selector", "#omnipath-open-slide button[aria-label='Clear']").click()
+    driver.find_element("css selector", "#omnipath-open-slide input[type=file]").send_keys(
+        str(not_a_slide)
+    )
+    toast = _wait_for(
+        driver, "const t = document.querySelector('.toast-body'); return t && t.innerText;"
+    )
+    assert "Traceback" not in toast
+    assert driver.execute_script("return window.omnipathViewer.instance.dziUrl;") == expected
