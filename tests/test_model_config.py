@@ -109,3 +109,21 @@ def test_expand_image_placeholders():
     assert expand_image_placeholders([1, 4, 9, 4, 2], 4, [3, 2]) == [1, 4, 4, 4, 9, 4, 4, 2]
     with pytest.raises(TokenCountError, match="2 image placeholders but 1"):
         expand_image_placeholders([1, 4, 9, 4], 4, [3])
+
+
+def test_13b_preset_builds_on_the_meta_device():
+    """Shapes only: the meta device allocates no memory, so this checks the preset is
+    buildable and has the paper's parameter counts without instantiating any weights."""
+    import torch
+
+    with torch.device("meta"):
+        model = OmniPathForConditionalGeneration(omnipath_13b_config())
+
+    def millions(module):
+        return sum(p.numel() for p in module.parameters()) / 1e6
+
+    assert 12_900 < millions(model.language_model) < 13_100  # Vicuna-13B
+    assert 400 < millions(model.vision.siglip) < 430  # SigLIP SO400M (no pooling head)
+    assert 300 < millions(model.vision.uni) < 310  # ViT-L/16
+    assert 23 < millions(model.mask_encoder.resnet) - 2048 * 5120 / 1e6 - 5120 / 1e6 < 24
+    assert model.num_image_tokens == 729

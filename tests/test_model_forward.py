@@ -230,3 +230,9 @@ def test_no_output_masks_gives_an_empty_mask_batch(model):
     with torch.no_grad():
         out = model(input_ids=ids, images=torch.rand(1, 3, 128, 128), return_mask_logits=True)
     assert out.mask_logits.shape == (0, 1, 4 * g, 4 * g)
+
+
+def test_inputs_embeds_with_images_is_refused(model):
+    ids = _prompt(model)
+    with pytest.raises(ModelInputError, match="already merged"):
+        model(inputs_embeds=model.embed_tokens(ids), images=torch.rand(1, 3, 128, 128))

@@ -39,7 +39,8 @@ class MaskEncoder(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         if maps.ndim != 4 or maps.shape[1] != 1:
             raise ModelInputError(f"Mask maps must be B×1×H×W, got shape {tuple(maps.shape)}.")
-        x = maps.to(self.resnet.conv1.weight.dtype)
+        weight = self.resnet.conv1.weight
+        x = maps.to(device=weight.device, dtype=weight.dtype)
         if x.shape[-2:] != (self.image_size, self.image_size):
             # "area" averages when shrinking (a soft edge, no aliasing); bilinear when growing.
             mode = "area" if x.shape[-1] >= self.image_size else "bilinear"
@@ -91,9 +92,10 @@ class MaskDecoderHead(nn.Module):
                 "decode_masks needs hidden K×D and feature_map K×C×g×g with the same K; got "
                 f"{tuple(hidden.shape)} and {tuple(feature_map.shape)}."
             )
-        dtype = self.feature_proj.weight.dtype
-        sparse = self.hidden_proj(hidden.to(dtype)).unsqueeze(1)  # K×1×dim
-        image = self.feature_proj(feature_map.to(dtype))  # K×dim×g×g
+        weight = self.feature_proj.weight
+        dtype = weight.dtype
+        sparse = self.hidden_proj(hidden.to(weight.device, dtype)).unsqueeze(1)  # K×1×dim
+        image = self.feature_proj(feature_map.to(weight.device, dtype))  # K×dim×g×g
         g_h, g_w = image.shape[-2:]
         pe = self.pe_layer((g_h, g_w)).unsqueeze(0).to(dtype)  # 1×dim×g×g
         dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, g_h, g_w)
@@ -135,7 +137,7 @@ def mask_loss(
     if targets.ndim != 4 or targets.shape[1] != 1:
         raise ModelInputError(f"Mask targets must be K×1×H×W, got {tuple(targets.shape)}.")
     logits = logits.float()
-    targets = targets.float()
+    targets = targets.to(device=logits.device, dtype=torch.float32)
     if logits.shape[-2:] != targets.shape[-2:]:
         logits = F.interpolate(
             logits, size=targets.shape[-2:], mode="bilinear", align_corners=False

@@ -139,7 +139,7 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         """B×3×H×W in [0,1] (any H, W: resized per tower and scale) →
         (tokens B×N×D_llm, fused vision map B×C_v×g×g)."""
         feature_map = self.vision(images)
-        tokens = self.projector(feature_map.flatten(2).transpose(1, 2))
+        tokens = self.projector(self._to_projector(feature_map.flatten(2).transpose(1, 2)))
         return tokens, feature_map
 
     def encode_detail_patches(self, images: torch.Tensor, tokens_per_patch: int) -> torch.Tensor:
@@ -158,7 +158,11 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
             return images.new_zeros((0, p * p, hidden), dtype=self.vision_dtype)
         feature_map = self.vision(images)
         pooled = F.adaptive_avg_pool2d(feature_map, p)
-        return self.projector(pooled.flatten(2).transpose(1, 2))
+        return self.projector(self._to_projector(pooled.flatten(2).transpose(1, 2)))
+
+    def _to_projector(self, features: torch.Tensor) -> torch.Tensor:
+        weight = self.projector.linear_1.weight
+        return features.to(device=weight.device, dtype=weight.dtype)
 
     # --- masks ------------------------------------------------------------------------
 
@@ -242,7 +246,7 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         merged = inputs_embeds
         if num_slots:
             merged = merged.masked_scatter(
-                image_slots.unsqueeze(-1), features.to(merged.dtype, copy=False)
+                image_slots.unsqueeze(-1), features.to(device=merged.device, dtype=merged.dtype)
             )
         if mask_embeds is not None and mask_embeds.shape[0]:
             if mask_input_positions is None:
@@ -255,7 +259,8 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
             if (input_ids[mask_input_positions] != self.config.mask_token_id).any():
                 raise TokenCountError("mask_input_positions must point at <mask> tokens.")
             merged = merged.masked_scatter(
-                mask_input_positions.unsqueeze(-1), mask_embeds.reshape(-1, dim).to(merged.dtype)
+                mask_input_positions.unsqueeze(-1),
+                mask_embeds.reshape(-1, dim).to(device=merged.device, dtype=merged.dtype),
             )
         return merged
 
@@ -295,6 +300,13 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         if cache is None:
             cache = past_key_values
         feature_map = None
+        if inputs_embeds is not None and any(
+            x is not None for x in (images, detail_images, mask_maps, mask_targets)
+        ):
+            raise ModelInputError(
+                "inputs_embeds are already merged: pass images, detail patches and masks with "
+                "input_ids instead."
+            )
         if inputs_embeds is None:
             if input_ids is None:
                 raise ModelInputError("forward needs input_ids or inputs_embeds.")
@@ -352,7 +364,10 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
                     f"The text has {batch_idx.shape[0]} output <mask> tokens but "
                     f"{mask_targets.shape[0]} mask targets were given."
                 )
-            mask_logits = self.decode_masks(hidden[batch_idx, hidden_pos], feature_map[batch_idx])
+            mask_hidden = hidden[batch_idx.to(hidden.device), hidden_pos.to(hidden.device)]
+            mask_logits = self.decode_masks(
+                mask_hidden, feature_map[batch_idx.to(feature_map.device)]
+            )
             if mask_targets is not None and mask_logits.shape[0]:
                 mc = self.config.mask_config
                 loss_of_masks = mask_loss(mask_logits, mask_targets, mc.bce_weight, mc.dice_weight)

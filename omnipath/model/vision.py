@@ -114,7 +114,8 @@ def encode_at_scale(tower: nn.Module, images: torch.Tensor, k: int) -> torch.Ten
     # Resize and normalize in float32 (antialiased resizing has no bf16 CPU kernel), then
     # hand the tower its own dtype.
     x = normalize(resize_square(images.float(), k * b), tower.mean, tower.std)
-    x = x.to(next(tower.parameters()).dtype)
+    anchor = next(tower.parameters())
+    x = x.to(device=anchor.device, dtype=anchor.dtype)
     # B×3×(k·b)×(k·b) → (B·k·k)×3×b×b, tiles in row-major order (tile row, tile col).
     tiles = x.reshape(batch, 3, k, b, k, b).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, b, b)
     feats = tower(tiles)  # (B·k·k)×C×g×g
@@ -148,6 +149,8 @@ class MultiScaleVision(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ModelInputError(f"Images must be B×3×H×W, got shape {tuple(images.shape)}.")
+        # Towers may sit on different devices (device_map="auto"): gather on SigLIP's.
+        device = next(self.siglip.parameters()).device
         maps = []
         for tower in self.towers():
             for k in self.scale_factors:
@@ -156,5 +159,5 @@ class MultiScaleVision(nn.Module):
                     fmap = F.interpolate(
                         fmap, size=(self.grid, self.grid), mode="bilinear", align_corners=False
                     )
-                maps.append(fmap)
+                maps.append(fmap.to(device))
         return torch.cat(maps, dim=1)
