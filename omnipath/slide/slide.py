@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -503,6 +504,22 @@ def _open_with_openslide(
         ) from error
 
 
+def _bomb_message(error: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)) / 1e6:,.0f} million pixels" if found else "too many pixels"
+    return (
+        f"This image claims {size}, too many to open safely (it may be a decompression "
+        "bomb). Large slides must be pyramidal (tiled, multi-resolution) files."
+    )
+
+
+def _says_truncated(error: BaseException) -> bool:
+    """Pillow reports missing bytes as EOFError or in words ("image file is truncated",
+    "Truncated File Read")."""
+    text = str(error).lower()
+    return isinstance(error, EOFError) or "truncat" in text or "end of file" in text
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB; transparency composited on white; 16-bit and float scaled to 8 bits."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -524,10 +541,7 @@ def _open_with_pillow(path: Path, container: str | None, limits: SlideLimits) ->
     try:
         image = Image.open(path, formats=PILLOW_FORMATS)
     except Image.DecompressionBombError as error:
-        raise SlideTooLargeError(
-            "This image has too many pixels to open safely (it may be a decompression bomb).",
-            detail=str(error),
-        ) from error
+        raise SlideTooLargeError(_bomb_message(error), detail=str(error)) from error
     except UnidentifiedImageError as error:
         if container == "tiff" and tiff_is_truncated(path):
             raise TruncatedSlideError(TRUNCATED_MESSAGE, detail=str(error)) from error
@@ -539,6 +553,8 @@ def _open_with_pillow(path: Path, container: str | None, limits: SlideLimits) ->
             ) from error
         raise UnsupportedSlideError(UNSUPPORTED_MESSAGE, detail=str(error)) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
+        if _says_truncated(error):
+            raise TruncatedSlideError(TRUNCATED_MESSAGE, detail=str(error)) from error
         raise DamagedSlideError(
             "The image file is damaged: its header cannot be read.", detail=str(error)
         ) from error
@@ -552,6 +568,10 @@ def _open_with_pillow(path: Path, container: str | None, limits: SlideLimits) ->
                 f"this server allows at most {limits.max_image_pixels / 1e6:.0f} million "
                 "pixels. Save it as a pyramidal (tiled, multi-resolution) TIFF instead."
             )
+        # Size first (from the header alone), then completeness: a TIFF whose later pages
+        # or tiles lie past the end must not pass because its first page happens to load.
+        if container == "tiff" and tiff_is_truncated(path):
+            raise TruncatedSlideError(TRUNCATED_MESSAGE)
         image_format = image.format
         icc = image.info.get("icc_profile")
         try:
@@ -563,8 +583,7 @@ def _open_with_pillow(path: Path, container: str | None, limits: SlideLimits) ->
                 "This image has too many pixels to open safely.", detail=str(error)
             ) from error
         except (OSError, EOFError, SyntaxError, ValueError) as error:
-            text = str(error).lower()
-            if isinstance(error, EOFError) or "truncated" in text or "end of file" in text:
+            if _says_truncated(error):
                 raise TruncatedSlideError(TRUNCATED_MESSAGE, detail=str(error)) from error
             raise DamagedSlideError(
                 "The image file is damaged: its pixels cannot be decoded.", detail=str(error)
