@@ -1,0 +1,507 @@
+"""A synthetic multi-task instruction set built from generated slides (omnipath.synth).
+
+Every slide is written by `write_synthetic_slide` with its ground truth (lesion rectangles,
+kinds, grades, a label map). From each slide we derive conversations in the dataset format
+of `omnipath.train.data` (thumbnail PNG, detail-patch PNGs, mask PNGs, JSON):
+
+- grade      "What is the grade of the <kind> lesion at [box]?" → "Grade g." The synthetic
+             writer gives the grades of one kind the same mean colour, so the thumbnail
+             cannot show the grade: it is carried by nuclear size, crowding and chromatin,
+             visible only in the detail patches (read at the detail magnification, 20×).
+- detect     tissue-level detection: every lesion as "kind: [x0, y0, x1, y1]" (`rel_` frame).
+- segment    "Segment the <kind> lesion at [box]." → "<mask>" with the lesion's map.
+- refer      "In the region <mask>: what is there?" (the map goes through the mask encoder,
+             the engine's own wording for a user-drawn region) → kind and grade.
+- count/kind plain questions answered from the thumbnail.
+- nuclei     nucleus-level detection on a high-resolution patch of a lesion: the boxes of the
+             largest nuclei, found in the patch's pixels by stain thresholding (the writer
+             does not export nucleus positions; the rule is in `nucleus_boxes`).
+
+Detail patches follow the engine exactly (grid cells of the square thumbnail, the same
+read rectangles, read side and position texts from `omnipath.pgdfc`), so training sees what
+PGDFC gives at inference. In training the cells are those a good probe would pick for the
+question (the lesion's cells), padded with random tissue cells, in shuffled order; the test
+split is left to the engine to read itself.
+
+Splits are by slide with a fixed seed (70 / 15 / 15 %): no slide of the test split appears
+in train or validation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from omnipath.coords import L0Rect, ThumbFrame, l0_to_rel
+from omnipath.train.data import format_rel_box, pad_mask_to_square
+
+SPLITS = ("train", "val", "test")
+# A cell is tissue when this fraction of it is (the engine's background_threshold default).
+TISSUE_THRESHOLD = 0.2
+TASKS = ("grade", "detect", "segment", "refer", "count", "kind", "nuclei")
+
+
+@dataclass(frozen=True)
+class SyntheticSetConfig:
+    """What to generate. Sizes in level-0 pixels; the model-facing values (thumb side, grid,
+    tokens per detail patch, S) must match the model that will be trained."""
+
+    n_slides: int = 40
+    slide_width: int = 4096
+    slide_height: int = 3072
+    mpp: float = 0.25
+    max_lesions: int = 3
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    thumb_side: int = 128
+    grid: int = 8
+    detail_magnification: float = 20.0
+    detail_patches: int = 4  # S per training sample (the engine's S may be larger)
+    context_fraction: float = 0.25
+    nucleus_patch_side: int = 64  # output pixels at the detail magnification
+    max_nuclei: int = 6
+    tasks: tuple[str, ...] = TASKS
+    extra: dict = field(default_factory=dict)
+
+
+def split_of_slides(n_slides: int, seed: int, fractions=(0.7, 0.15, 0.15)) -> dict[str, list[int]]:
+    """Slide indices per split: a fixed-seed permutation cut 70/15/15 (at least one slide in
+    val and test when n_slides ≥ 3)."""
+    order = np.random.default_rng(seed).permutation(n_slides).tolist()
+    n_val = max(1 if n_slides >= 3 else 0, round(fractions[1] * n_slides))
+    n_test = max(1 if n_slides >= 3 else 0, round(fractions[2] * n_slides))
+    n_train = n_slides - n_val - n_test
+    return {
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
+
+
+def slide_seed(seed: int, index: int) -> int:
+    return seed * 100_003 + index
+
+
+# --- pixels -------------------------------------------------------------------------------
+
+
+def _connected_components(foreground: np.ndarray) -> np.ndarray:
+    """4-connected labels of a small boolean image (0 = background), by label propagation."""
+    height, width = foreground.shape
+    labels = np.where(foreground, np.arange(1, height * width + 1).reshape(height, width), 0)
+    while True:
+        padded = np.pad(labels, 1)
+        neighbours = np.stack(
+            [
+                padded[1:-1, 1:-1],
+                padded[:-2, 1:-1],
+                padded[2:, 1:-1],
+                padded[1:-1, :-2],
+                padded[1:-1, 2:],
+            ]
+        ).max(axis=0)
+        updated = np.where(foreground, neighbours, 0)
+        if np.array_equal(updated, labels):
+            return labels
+        labels = updated
+
+
+def nucleus_boxes(
+    patch: Image.Image, *, max_nuclei: int, min_area: int = 6
+) -> list[tuple[float, float, float, float]]:
+    """Boxes (fractions of the patch, x0 y0 x1 y1) of the `max_nuclei` largest nuclei.
+
+    A pixel is nuclear when its red-channel optical density exceeds 0.45: hematoxylin absorbs
+    red strongly, eosin hardly (the stain vectors of omnipath.synth.texture). Components under
+    `min_area` pixels are noise. Sorted top-to-bottom, then left-to-right.
+    """
+    rgb = np.asarray(patch.convert("RGB"), dtype=np.float32)
+    red_od = -np.log(np.clip(rgb[..., 0], 1.0, 255.0) / 255.0)
+    labels = _connected_components(red_od > 0.45)
+    height, width = labels.shape
+    found = []
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        ys, xs = np.nonzero(labels == value)
+        if ys.size < min_area:
+            continue
+        found.append(
+            (
+                ys.size,
+                xs.min() / width,
+                ys.min() / height,
+                (xs.max() + 1) / width,
+                (ys.max() + 1) / height,
+            )
+        )
+    found.sort(key=lambda item: -item[0])
+    boxes = [tuple(float(v) for v in item[1:]) for item in found[:max_nuclei]]
+    return sorted(boxes, key=lambda b: (round(b[1], 1), b[0]))
+
+
+def _cell_fractions(
+    label_map: Image.Image, frame: ThumbFrame, grid: int, values: set[int]
+) -> np.ndarray:
+    """grid×grid fraction of each thumb-frame cell whose label is in `values` (padding = 0)."""
+    wanted = np.isin(np.asarray(label_map), list(values)).astype(np.uint8) * 255
+    square = (
+        np.asarray(pad_mask_to_square(Image.fromarray(wanted), frame), dtype=np.float32) / 255.0
+    )
+    side = frame.side - frame.side % grid
+    cells = square[:side, :side].reshape(grid, side // grid, grid, side // grid)
+    return cells.mean(axis=(1, 3))
+
+
+# --- questions ----------------------------------------------------------------------------
+
+_GRADE_Q = (
+    "What is the grade of the {kind} lesion at {box}?",
+    "Grade the {kind} at {box}.",
+    "How severe is the {kind} at {box}? Give its grade from 1 to 3.",
+)
+_DETECT_Q = ("Find every lesion and give its box.", "Detect the lesions on this slide.")
+_SEGMENT_Q = ("Segment the {kind} lesion at {box}.", "Outline the {kind} at {box}.")
+_COUNT_Q = ("How many lesions are on this slide?", "Count the lesions.")
+_KIND_Q = ("What kind of lesion is at {box}?", "What is the lesion at {box}?")
+_REFER_Q = ("What is there?", "Describe this region.")
+_NUCLEI_Q = (
+    "Detect the {n} largest nuclei in this patch.",
+    "Give boxes for the {n} largest nuclei.",
+)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+@dataclass
+class _SlideContext:
+    index: int
+    root: Path
+    slide: object  # omnipath.slide.Slide
+    truth: object  # SyntheticSlide
+    frame: ThumbFrame
+    label_map: Image.Image
+    tissue_cells: np.ndarray  # grid×grid fractions
+    rng: np.random.Generator
+    config: SyntheticSetConfig
+    stem: str
+    seed: int = 0
+
+    def reseed(self, task: str, lesion_index: int) -> None:
+        """One random stream per (slide, task, lesion): a record does not change when other
+        tasks are switched on or off."""
+        self.rng = np.random.default_rng([self.seed, TASKS.index(task), lesion_index + 1])
+
+    def rel_box(self, rect: L0Rect) -> str:
+        return format_rel_box(l0_to_rel(rect, self.truth.width, self.truth.height))
+
+    def save(self, image: Image.Image, folder: str, name: str) -> str:
+        path = self.root / folder / f"{self.stem}_{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        return str(path.relative_to(self.root))
+
+    def lesion_mask(self, lesion_index: int) -> str:
+        value = self.truth.lesions[lesion_index].mask_value
+        binary = (np.asarray(self.label_map) == value).astype(np.uint8) * 255
+        return self.save(Image.fromarray(binary), "masks", f"lesion{lesion_index}")
+
+    def _read_rects(self) -> dict[tuple[int, int], L0Rect]:
+        """The engine's read rectangle of every tissue cell (grid_row, grid_col)."""
+        from omnipath import pgdfc
+
+        config = self.config
+        window = pgdfc.detail_window_l0(
+            encoder_side=config.thumb_side,
+            slide_mpp=self.truth.mpp,
+            detail_mpp=10.0 / config.detail_magnification,
+        )
+        rects = {}
+        for flat in np.flatnonzero(self.tissue_cells.reshape(-1) >= TISSUE_THRESHOLD):
+            row, col = divmod(int(flat), config.grid)
+            cell = pgdfc.Cell(row, col, float("nan"), 0)
+            rects[(row, col)] = pgdfc.cell_read_rect(
+                self.frame, cell, config.grid, config.context_fraction, max_l0_side=window
+            )
+        return rects
+
+    def lesion_fraction(self, rect: L0Rect, lesion_index: int) -> float:
+        """Fraction of a level-0 rectangle covered by lesion `lesion_index` (label map)."""
+        labels = np.asarray(self.label_map)
+        down = self.truth.mask_downsample
+        clipped = rect.clip(self.truth.width, self.truth.height)
+        crop = labels[
+            clipped.y // down : max(clipped.y // down + 1, clipped.y1 // down),
+            clipped.x // down : max(clipped.x // down + 1, clipped.x1 // down),
+        ]
+        value = self.truth.lesions[lesion_index].mask_value
+        return float((crop == value).mean()) if crop.size else 0.0
+
+    def details(self, lesion_index: int | None) -> list[dict]:
+        """Detail patches as the engine reads them: the cells whose read covers the lesion
+        most (when a lesion is asked about; at most 2), then random tissue cells, shuffled;
+        S = config.detail_patches."""
+        from omnipath import pgdfc
+
+        config = self.config
+        rects = self._read_rects()
+        cells = sorted(rects)
+        chosen: list[tuple[int, int]] = []
+        if lesion_index is not None:
+            cover = [(self.lesion_fraction(rects[c], lesion_index), c) for c in cells]
+            cover.sort(key=lambda item: -item[0])
+            chosen = [c for fraction, c in cover[:2] if fraction > 0.05]
+        rest = [c for c in cells if c not in chosen]
+        extra = self.rng.permutation(len(rest))[: max(0, config.detail_patches - len(chosen))]
+        chosen += [rest[i] for i in extra]
+        chosen = [chosen[i] for i in self.rng.permutation(len(chosen))]
+        if not chosen:
+            return []
+        read_rects = [rects[c] for c in chosen]
+        out_side = pgdfc.detail_read_side(
+            read_rects[0].w,
+            slide_mpp=self.truth.mpp,
+            detail_mpp=10.0 / config.detail_magnification,
+            encoder_side=config.thumb_side,
+        )
+        out = []
+        for k, ((row, col), rect) in enumerate(zip(chosen, read_rects, strict=True), start=1):
+            region = pgdfc.cell_region(rect, self.truth.width, self.truth.height)
+            patch = self.slide.read_l0_region(rect, (out_side, out_side))
+            out.append(
+                {
+                    "image": self.save(patch, "details", f"{row}_{col}"),
+                    "text": pgdfc.position_text(k, region, self.truth.width, self.truth.height),
+                }
+            )
+        return out
+
+
+def _record(
+    ctx: _SlideContext,
+    task: str,
+    name: str,
+    human: str,
+    gpt: str,
+    *,
+    details: list[dict] | None = None,
+    human_masks=(),
+    gpt_masks=(),
+    image: str | None = None,
+) -> dict:
+    human_turn = {"from": "human", "value": f"<image>\n{human}"}
+    if human_masks:
+        human_turn["masks"] = list(human_masks)
+    gpt_turn = {"from": "gpt", "value": gpt}
+    if gpt_masks:
+        gpt_turn["masks"] = list(gpt_masks)
+    record = {
+        "id": f"{ctx.stem}-{name}",
+        "image": image or f"thumbs/{ctx.stem}.png",
+        "conversations": [human_turn, gpt_turn],
+        "task": task,
+    }
+    if details:
+        record["details"] = details
+    return record
+
+
+def _slide_records(ctx: _SlideContext) -> list[dict]:
+    config = ctx.config
+    lesions = ctx.truth.lesions
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[int(ctx.rng.integers(len(options)))]
+
+    records: list[dict] = []
+    tasks = set(config.tasks)
+    for i, lesion in enumerate(lesions):
+        box = ctx.rel_box(lesion.l0_rect)
+        if "grade" in tasks:
+            ctx.reseed("grade", i)
+            records.append(
+                _record(
+                    ctx,
+                    "grade",
+                    f"grade{i}",
+                    pick(_GRADE_Q).format(kind=lesion.kind, box=box),
+                    f"Grade {lesion.grade}.",
+                    details=ctx.details(i),
+                )
+            )
+        if "segment" in tasks:
+            ctx.reseed("segment", i)
+            records.append(
+                _record(
+                    ctx,
+                    "segment",
+                    f"segment{i}",
+                    pick(_SEGMENT_Q).format(kind=lesion.kind, box=box),
+                    "Here it is: <mask>",
+                    details=ctx.details(i),
+                    gpt_masks=[ctx.lesion_mask(i)],
+                )
+            )
+        if "refer" in tasks:
+            ctx.reseed("refer", i)
+            records.append(
+                _record(
+                    ctx,
+                    "refer",
+                    f"refer{i}",
+                    f"In the region <mask>: {pick(_REFER_Q)}",
+                    f"A {lesion.kind} lesion, grade {lesion.grade}.",
+                    details=ctx.details(i),
+                    human_masks=[ctx.lesion_mask(i)],
+                )
+            )
+        if "kind" in tasks:
+            ctx.reseed("kind", i)
+            records.append(
+                _record(
+                    ctx,
+                    "kind",
+                    f"kind{i}",
+                    pick(_KIND_Q).format(box=box),
+                    f"{lesion.kind.capitalize()}.",
+                    details=ctx.details(i),
+                )
+            )
+        if "nuclei" in tasks:
+            ctx.reseed("nuclei", i)
+            records.append(_nuclei_record(ctx, i))
+    if "detect" in tasks:
+        ctx.reseed("detect", -1)
+        if lesions:
+            listing = "; ".join(f"{les.kind}: {ctx.rel_box(les.l0_rect)}" for les in lesions)
+            answer = f"{_plural(len(lesions), 'lesion')}. {listing}."
+        else:
+            answer = "There is no lesion on this slide."
+        records.append(
+            _record(ctx, "detect", "detect", pick(_DETECT_Q), answer, details=ctx.details(None))
+        )
+    if "count" in tasks:
+        ctx.reseed("count", -1)
+        answer = f"There {'is' if len(lesions) == 1 else 'are'} {_plural(len(lesions), 'lesion')}."
+        records.append(
+            _record(ctx, "count", "count", pick(_COUNT_Q), answer, details=ctx.details(None))
+        )
+    return records
+
+
+def _nuclei_record(ctx: _SlideContext, lesion_index: int) -> dict:
+    """A high-resolution patch at the lesion's centre, read at the detail magnification."""
+    config = ctx.config
+    lesion = ctx.truth.lesions[lesion_index]
+    l0_side = max(
+        1, round(config.nucleus_patch_side * (10.0 / config.detail_magnification) / ctx.truth.mpp)
+    )
+    cx = lesion.l0_rect.x + lesion.l0_rect.w // 2
+    cy = lesion.l0_rect.y + lesion.l0_rect.h // 2
+    rect = L0Rect(cx - l0_side // 2, cy - l0_side // 2, l0_side, l0_side)
+    side = config.nucleus_patch_side
+    patch = ctx.slide.read_l0_region(rect, (side, side))
+    image = ctx.save(patch, "patches", f"nuclei{lesion_index}")
+    boxes = nucleus_boxes(patch, max_nuclei=config.max_nuclei)
+    question = ctx.rng.choice(_NUCLEI_Q).format(n=config.max_nuclei)
+    if boxes:
+        from omnipath.coords import RelBox
+
+        answer = "; ".join(format_rel_box(RelBox(*b), "nucleus") for b in boxes) + "."
+    else:
+        answer = "There is no nucleus in this patch."
+    return _record(ctx, "nuclei", f"nuclei{lesion_index}", question, answer, image=image)
+
+
+def build_synthetic_set(
+    out_dir: str | Path,
+    config: SyntheticSetConfig = SyntheticSetConfig(),
+    *,
+    progress: bool = False,
+) -> dict[str, Path]:
+    """Write slides, images, masks and train/val/test JSON under `out_dir`.
+
+    Returns {split: path of its JSON}. `manifest.json` records the config, the slide indices
+    of each split and the number of records per task. Deterministic for a config.
+    """
+    from omnipath.slide import open_slide
+    from omnipath.synth import write_synthetic_slide
+
+    root = Path(out_dir)
+    (root / "slides").mkdir(parents=True, exist_ok=True)
+    splits = split_of_slides(config.n_slides, config.seed, config.split_fractions)
+    split_of = {i: name for name, indices in splits.items() for i in indices}
+    records: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    slides_of: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    iterator = range(config.n_slides)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="synthetic slides")
+    for index in iterator:
+        seed = slide_seed(config.seed, index)
+        stem = f"slide{index:03d}"
+        lesion_rng = np.random.default_rng(seed)
+        n_lesions = int(lesion_rng.integers(1, config.max_lesions + 1))
+        truth = write_synthetic_slide(
+            root / "slides" / f"{stem}.tiff",
+            config.slide_width,
+            config.slide_height,
+            seed=seed,
+            n_lesions=n_lesions,
+            mpp=config.mpp,
+        )
+        label_map = Image.open(truth.masks_path).convert("L")
+        frame = ThumbFrame(truth.width, truth.height, config.thumb_side)
+        with open_slide(truth.path) as slide:
+            thumb = slide.thumbnail(config.thumb_side)
+            (root / "thumbs").mkdir(exist_ok=True)
+            thumb.save(root / "thumbs" / f"{stem}.png")
+            ctx = _SlideContext(
+                index=index,
+                root=root,
+                slide=slide,
+                truth=truth,
+                frame=frame,
+                label_map=label_map,
+                tissue_cells=_cell_fractions(label_map, frame, config.grid, set(range(1, 256))),
+                rng=np.random.default_rng(seed + 1),
+                seed=seed,
+                config=config,
+                stem=stem,
+            )
+            split = split_of[index]
+            records[split].extend(_slide_records(ctx))
+        slides_of[split].append(
+            {
+                "slide": str(truth.path.relative_to(root)),
+                "labels": str(truth.labels_path.relative_to(root)),
+            }
+        )
+    paths = {}
+    for name in SPLITS:
+        paths[name] = root / f"{name}.json"
+        paths[name].write_text(json.dumps(records[name], indent=1))
+    counts = {
+        name: {task: sum(r["task"] == task for r in records[name]) for task in TASKS}
+        for name in SPLITS
+    }
+    manifest = {"config": asdict(config), "splits": splits, "slides": slides_of, "counts": counts}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return paths
+
+
+def records_per_task(path: str | Path) -> dict[str, int]:
+    """How many records of each task a split file holds."""
+    data = json.loads(Path(path).read_text())
+    return {
+        task: sum(r.get("task") == task for r in data)
+        for task in TASKS
+        if any(r.get("task") == task for r in data)
+    }

@@ -1,0 +1,115 @@
+"""The synthetic multi-task instruction set: splits, determinism, tasks, and that it trains."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omnipath.boxes import parse_box_text
+from omnipath.coords import l0_to_rel
+from omnipath.train.synthetic_tasks import (
+    SyntheticSetConfig,
+    build_synthetic_set,
+    nucleus_boxes,
+    split_of_slides,
+)
+
+CONFIG = SyntheticSetConfig(n_slides=3, slide_width=2048, slide_height=1536, seed=7)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return root, build_synthetic_set(root, CONFIG)
+
+
+def test_splits_are_fixed_disjoint_and_cover_every_slide():
+    splits = split_of_slides(20, seed=3)
+    assert splits == split_of_slides(20, seed=3)
+    assert splits != split_of_slides(20, seed=4)
+    everything = splits["train"] + splits["val"] + splits["test"]
+    assert sorted(everything) == list(range(20))
+    assert len(splits["test"]) == 3 and len(splits["val"]) == 3
+
+
+def test_no_test_slide_appears_in_training(built):
+    root, paths = built
+    manifest = json.loads((root / "manifest.json").read_text())
+    test_stems = {f"slide{i:03d}" for i in manifest["splits"]["test"]}
+    assert test_stems
+    for split in ("train", "val"):
+        for record in json.loads(paths[split].read_text()):
+            assert record["id"].split("-")[0] not in test_stems
+
+
+def test_every_task_is_present_and_answers_match_the_ground_truth(built):
+    root, paths = built
+    from omnipath.synth import read_synthetic_labels
+
+    records = [r for p in paths.values() for r in json.loads(p.read_text())]
+    assert {r["task"] for r in records} == set(CONFIG.tasks)
+    for record in records:
+        stem = record["id"].split("-")[0]
+        truth = read_synthetic_labels(root / "slides" / f"{stem}.tiff")
+        question, answer = (t["value"] for t in record["conversations"])
+        if record["task"] == "grade":
+            index = int(record["id"].rsplit("grade", 1)[1])
+            assert answer == f"Grade {truth.lesions[index].grade}."
+            # the question's box is the lesion's, in the slide-relative frame
+            (box,) = parse_box_text(question)
+            rel = l0_to_rel(truth.lesions[index].l0_rect, truth.width, truth.height)
+            assert abs(box.x0 - rel.x0) < 2e-3 and abs(box.y1 - rel.y1) < 2e-3
+            assert len(record["details"]) == CONFIG.detail_patches
+            assert all(d["text"].startswith("Detail ") for d in record["details"])
+        if record["task"] == "detect":
+            assert len(parse_box_text(answer)) == len(truth.lesions)
+        if record["task"] == "segment":
+            (mask_file,) = record["conversations"][1]["masks"]
+            assert np.asarray(Image.open(root / mask_file)).any()
+
+
+def test_building_twice_gives_the_same_set(built, tmp_path):
+    _, paths = built
+    config = SyntheticSetConfig(
+        n_slides=3, slide_width=2048, slide_height=1536, seed=7, tasks=("grade",)
+    )
+    again = build_synthetic_set(tmp_path, config)
+    first = [r for r in json.loads(paths["train"].read_text()) if r["task"] == "grade"]
+    assert json.loads(again["train"].read_text()) == first
+
+
+def test_nucleus_boxes_find_drawn_nuclei():
+    image = np.full((64, 64, 3), (235, 180, 215), np.uint8)  # eosin pink
+    yy, xx = np.mgrid[:64, :64]
+    for cy, cx, r in ((16, 16, 5), (44, 40, 7)):
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = (70, 40, 120)  # hematoxylin purple
+    boxes = nucleus_boxes(Image.fromarray(image), max_nuclei=6)
+    assert len(boxes) == 2
+    x0, y0, x1, y1 = boxes[0]
+    assert abs((x0 + x1) / 2 * 64 - 16) < 1.5 and abs((y0 + y1) / 2 * 64 - 16) < 1.5
+
+
+def test_the_set_loads_and_collates_for_tiny(built):
+    from omnipath.model import build_tiny_tokenizer, tiny_config
+    from omnipath.train.collator import ConversationCollator
+    from omnipath.train.data import ConversationDataset
+
+    _, paths = built
+    config = tiny_config()
+    tokenizer = build_tiny_tokenizer()
+    dataset = ConversationDataset(paths["train"], thumb_side=128, detail_side=64)
+    collator = ConversationCollator(
+        tokenizer,
+        image_token_id=config.image_token_id,
+        mask_token_id=config.mask_token_id,
+        num_image_tokens=config.num_image_tokens,
+        tokens_per_patch=config.pgdfc_config.tokens_per_patch,
+    )
+    batch = collator([dataset[i] for i in range(len(dataset))])
+    n_details = sum(len(r.details) for r in dataset.records)
+    n_image = int((batch["input_ids"] == config.image_token_id).sum())
+    assert n_image == len(dataset) * config.num_image_tokens + n_details * 4
+    assert batch["mask_targets"] is not None and batch["mask_maps"] is not None
