@@ -118,3 +118,65 @@ def test_viewer_head_loads_openseadragon_before_the_viewer_from_this_server() ->
     head = viewer_head()
     assert head.index("openseadragon.min.js") < head.index("viewer.js")
     assert "http://" not in head and "https://" not in head  # works offline: nothing from a CDN
+
+
+def test_first_start_generates_the_sample_slide_once_and_registers_it(tmp_path: Path) -> None:
+    from omnipath.slide import content_hash
+    from web.sample import sample_slide_path
+    from web.services import register_initial_slide
+
+    config = WebConfig(data_dir=tmp_path, sample_width=600, sample_height=400, sample_seed=5)
+    services = build_services(config)
+    slide_id = register_initial_slide(services, config)
+    path = sample_slide_path(tmp_path, 600, 400, 5)
+    assert path.is_file() and slide_id == content_hash(path)
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+    modified = path.stat().st_mtime_ns
+    again = build_services(config)
+    assert register_initial_slide(again, config) == slide_id  # reused, not regenerated
+    assert path.stat().st_mtime_ns == modified
+
+
+def test_an_unreadable_upload_is_refused_with_the_slide_layers_message(tmp_path: Path) -> None:
+    from omnipath.errors import SlideError
+    from web.services import open_slide_file
+
+    services = build_services(WebConfig(data_dir=tmp_path, sample_slide=False))
+    notes = tmp_path / "notes.svs"
+    notes.write_text("not a slide at all")
+    with pytest.raises(SlideError) as caught:
+        open_slide_file(services, notes)
+    assert caught.value.message
+    assert not services.registry.is_registered(content_hash_of(notes))
+
+
+def content_hash_of(path: Path) -> str:
+    from omnipath.slide import content_hash
+
+    return content_hash(path)
+
+
+@needs_osd
+def test_the_app_serves_tiles_of_the_slide_it_was_started_with(tmp_path: Path) -> None:
+    from omnipath.synth import write_synthetic_slide
+    from web.app import create_app
+
+    slide = write_synthetic_slide(tmp_path / "start.tiff", 800, 600, seed=6)
+    config = WebConfig(data_dir=tmp_path, slide=slide.path, sample_slide=False)
+    services = build_services(config)
+    app = create_app(config, services)
+    slide_id = services.initial_slide_id
+    with TestClient(app) as client:
+        assert client.get(f"/slides/{slide_id}.dzi").status_code == 200
+        first = client.get(f"/slides/{slide_id}_files/10/0_0.jpeg")
+        second = client.get(f"/slides/{slide_id}_files/10/0_0.jpeg")  # the cache fast path
+        assert first.status_code == second.status_code == 200
+        assert first.content == second.content and first.content[:2] == b"\xff\xd8"
+
+
+def test_python_m_web_reports_bad_flags_without_a_traceback(capsys) -> None:
+    from web.__main__ import main
+
+    assert main(["--port", "not-a-port"]) == 2
+    err = capsys.readouterr().err
+    assert "could not start" in err and "Traceback" not in err

@@ -25,10 +25,10 @@ def initial_viewer_state(services: WebServices) -> str:
 
 
 def build_demo(config: WebConfig, services: WebServices | None = None) -> gr.Blocks:
-    """The Gradio UI. `services` defaults to fresh ones with the initial slide registered."""
-    if services is None:
-        services = build_services(config)
-        register_initial_slide(services, config)
+    """The Gradio UI. `services` defaults to fresh ones; the initial slide (--slide or the
+    sample slide) is registered in them if it is not yet."""
+    services = build_services(config) if services is None else services
+    register_initial_slide(services, config)
     with gr.Blocks(title="OmniPath") as demo:
         gr.Markdown("## OmniPath — whole-slide viewer")
         gr.Markdown(NOT_CONNECTED, elem_id="omnipath-model-status")
@@ -56,9 +56,8 @@ def build_demo(config: WebConfig, services: WebServices | None = None) -> gr.Blo
 
 def create_app(config: WebConfig, services: WebServices | None = None) -> FastAPI:
     """The whole server: tile routes and viewer assets first, then Gradio mounted at "/"."""
-    if services is None:
-        services = build_services(config)
-        register_initial_slide(services, config)
+    services = build_services(config) if services is None else services
+    register_initial_slide(services, config)
     app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(tile_router(services.tiles))
     app.add_middleware(TileCacheFastPath, service=services.tiles)

@@ -30,7 +30,9 @@ def build_services(config: WebConfig) -> WebServices:
 
 def register_initial_slide(services: WebServices, config: WebConfig) -> str | None:
     """Register the slide to show at start: --slide when given, else the sample slide
-    (generated into the data dir on first start). Returns its id."""
+    (generated into the data dir on first start). Returns its id. Idempotent."""
+    if services.initial_slide_id is not None:
+        return services.initial_slide_id
     if config.slide is not None:
         path = config.slide
     elif config.sample_slide:
