@@ -1,0 +1,546 @@
+"""The full OmniPath UI: the slide viewer with the chat beside it (Gradio Blocks).
+
+Every action calls a plain function in web/handlers.py; this module only adapts values to
+components, turns typed errors (OmniPathError.message) into gr.Error / gr.Warning sentences,
+and names the endpoints gradio_client calls:
+
+    /upload  (file)                                   -> {slide_id, conversation_id, meta}
+    /ask     (conversation_id, question, pgdfc_mode, s, max_new_tokens, temperature, region)
+             streams {conversation_id, text, done, turn_id, answer, layers}
+    /export  (conversation_id, fmt: "json" | "geojson" | "html") -> the file
+
+"Ask about this region": web/chat.js lets the user drag a rectangle on the viewer; the next
+question passes it to the engine as l0_region, which becomes a <mask> input map for models
+with a mask encoder (OmniPath) and a sentence naming the region for the others (LLaVA).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI
+
+from omnipath.errors import OmniPathError
+from web import handlers
+from web.chat_services import ChatServices, build_chat_services
+from web.services import WebServices, build_services, register_initial_slide
+from web.viewer_component import build_viewer, viewer_state
+
+log = logging.getLogger(__name__)
+
+CHAT_JS = Path(__file__).resolve().parent / "chat.js"
+PGDFC_MODES = ("attention", "random", "off")
+ANSWER_CONCURRENCY = "omnipath-answer"
+UNEXPECTED = "Something went wrong on the server (it was logged); please try again."
+
+_REGION_TEMPLATE = (
+    '<div class="oc-region" data-testid="omnipath-region">'
+    '<button type="button" class="oc-draw">Ask about a region</button>'
+    '<button type="button" class="oc-clear">Clear region</button>'
+    '<span class="oc-region-label"></span></div>'
+)
+_REGION_CSS = """
+.oc-region { display: flex; gap: 8px; align-items: center; margin-top: 6px; font-size: 13px; }
+.oc-region button { padding: 3px 10px; border: 1px solid #999; border-radius: 4px; background: #fafafa; cursor: pointer; }
+.oc-region button:hover { background: #eee; }
+"""
+_REGION_BIND = "\nwindow.omnipathChat.bindRegionControl(element, props, trigger, watch);\n"
+
+
+def _session() -> dict[str, Any]:
+    return {"conversation_id": None, "slide_id": None, "meta": None}
+
+
+def banner_markdown(banner: dict[str, Any]) -> str:
+    """The model banner: model id, precision, device, and whether it is a demonstration."""
+    text = (
+        f"**Model** `{banner['model_id']}`"
+        + (f" @ `{banner['revision'][:10]}`" if banner.get("revision") else "")
+        + f" · **precision** {banner['precision']} · **device** {banner['device']}"
+    )
+    if not banner.get("supports_masks"):
+        text += " · masks unavailable with this model"
+    if banner.get("demo"):
+        text += (
+            "  \n⚠ **Demonstration model**: its answers are not medical advice and must not "
+            "be used for diagnosis."
+        )
+    return text
+
+
+def _sentence(exc: BaseException) -> str:
+    if isinstance(exc, OmniPathError):
+        return exc.message
+    log.exception("unexpected error in a chat handler", exc_info=exc)
+    return UNEXPECTED
+
+
+def _options(mode: str, s: float, max_new_tokens: float, temperature: float) -> Any:
+    from omnipath.engine import AnswerOptions
+
+    s_value = 0 if mode == "off" else int(s)
+    return AnswerOptions(
+        pgdfc_mode=str(mode),
+        s=s_value,
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+    )
+
+
+def _conversation_choices(services: ChatServices) -> list[tuple[str, str]]:
+    return [
+        (f"{c['title']} · {c['turn_count']} turns · {c['slide_id'][:8]}", c["id"])
+        for c in handlers.list_conversations(services)
+    ]
+
+
+def _region_html(services: ChatServices) -> gr.HTML:
+    return gr.HTML(
+        value="",
+        html_template=_REGION_TEMPLATE,
+        css_template=_REGION_CSS,
+        js_on_load=CHAT_JS.read_text(encoding="utf-8") + _REGION_BIND,
+        apply_default_css=False,
+        elem_id="omnipath-region",
+        container=False,
+        padding=False,
+    )
+
+
+def build_chat_demo(
+    config: Any,
+    services: ChatServices | WebServices | None = None,
+) -> gr.Blocks:
+    """The product UI. `services`: ChatServices (tests inject a tiny engine), the viewer's
+    WebServices (then the engine and store are built around them), or None (all built from
+    `config`, the initial slide registered)."""
+    if isinstance(services, ChatServices):
+        chat = services
+    else:
+        web = services
+        if web is None:
+            web = build_services(config)
+            register_initial_slide(web, config)
+        chat = build_chat_services(config, web=web)
+    initial_id = chat.web.initial_slide_id
+    download_dir = Path(tempfile.gettempdir()) / "omnipath-downloads"
+
+    with gr.Blocks(title="OmniPath") as demo:
+        session = gr.State(_session())
+        gr.Markdown("## OmniPath — ask about a whole-slide image")
+        gr.Markdown(banner_markdown(chat.model_banner()), elem_id="omnipath-model-banner")
+        with gr.Row():
+            with gr.Column(scale=3):
+                initial_meta = chat.web.tiles.meta(initial_id).to_dict() if initial_id else None
+                viewer = build_viewer(viewer_state(initial_id, initial_meta))
+                region = _region_html(chat)
+            with gr.Column(scale=2):
+                upload = gr.File(
+                    label="Upload a slide (SVS, TIFF, NDPI, MRXS as .zip, DICOM, PNG/JPEG…)",
+                    file_count="single",
+                    type="filepath",
+                    elem_id="omnipath-upload",
+                )
+                chatbot = gr.Chatbot(
+                    label="Conversation",
+                    elem_id="omnipath-chat",
+                    height=440,
+                    feedback_options=("Like", "Dislike"),
+                )
+                question = gr.Textbox(
+                    label="Question",
+                    placeholder="Ask about the slide, then press Enter",
+                    elem_id="omnipath-question",
+                    lines=2,
+                )
+                with gr.Row():
+                    ask_button = gr.Button("Ask", variant="primary", elem_id="omnipath-ask")
+                    stop_button = gr.Button("Stop", elem_id="omnipath-stop")
+                    retry_button = gr.Button("Retry", elem_id="omnipath-retry")
+                    undo_button = gr.Button("Undo", elem_id="omnipath-undo")
+                with gr.Accordion("Settings", open=False):
+                    mode = gr.Radio(
+                        list(PGDFC_MODES),
+                        value="attention",
+                        label="PGDFC detail reads",
+                        info="attention: where the question points; random: random tissue; "
+                        "off: thumbnail only",
+                    )
+                    s_slider = gr.Slider(1, 32, value=8, step=1, label="S (detail patches)")
+                    max_tokens = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens")
+                    temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature")
+                with gr.Accordion("Conversations", open=False):
+                    conversations = gr.Dropdown(
+                        choices=[],
+                        label="Past conversations (newest first)",
+                        elem_id="omnipath-conversations",
+                        interactive=True,
+                    )
+                    new_button = gr.Button("New conversation on this slide")
+                with gr.Accordion("Export", open=False):
+                    export_format = gr.Radio(
+                        ["html", "json", "geojson"],
+                        value="html",
+                        label="Format",
+                        info="html: report with snapshots; json: everything logged; "
+                        "geojson: regions, boxes and masks for QuPath",
+                    )
+                    export_button = gr.Button("Export this conversation")
+                    export_file = gr.File(label="Download", interactive=False)
+
+        # --- API-only endpoints (gradio_client), on components nobody sees ---------------
+        with gr.Column(visible=False):
+            api_file = gr.File(type="filepath")
+            api_upload_out = gr.JSON()
+            api_conversation = gr.Textbox()
+            api_question = gr.Textbox()
+            api_mode = gr.Textbox(value="attention")
+            api_s = gr.Number(value=8, precision=0)
+            api_max_tokens = gr.Number(value=256, precision=0)
+            api_temperature = gr.Number(value=0.0)
+            api_region = gr.Textbox(value="")
+            api_ask_out = gr.JSON()
+            api_format = gr.Textbox(value="json")
+            api_export_out = gr.File()
+            api_upload_button = gr.Button()
+            api_ask_button = gr.Button()
+            api_export_button = gr.Button()
+
+        # --- UI handlers ----------------------------------------------------------------
+
+        def refresh_conversations(state: dict[str, Any]) -> Any:
+            try:
+                choices = _conversation_choices(chat)
+            except Exception as exc:  # the list is a convenience: never break the page
+                gr.Warning(_sentence(exc))
+                return gr.update()
+            return gr.update(choices=choices, value=state.get("conversation_id"))
+
+        def on_upload(path: str | None, state: dict[str, Any], progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+            if not path:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            try:
+                result = handlers.upload_slide(
+                    chat,
+                    path,
+                    file_name=Path(path).name,
+                    progress=lambda fraction, text: progress(fraction, desc=text),
+                )
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+            state = {
+                "conversation_id": result["conversation_id"],
+                "slide_id": result["slide_id"],
+                "meta": result["meta"],
+            }
+            return state, result["viewer_state"], [], "", refresh_conversations(state)
+
+        def run_answer(
+            stream_factory: Callable[[], Iterator[handlers.AskUpdate]],
+            state: dict[str, Any],
+            messages: list[dict[str, Any]],
+            question_text: str,
+        ) -> Iterator[tuple]:
+            """Stream an answer into the chat: (chatbot, question box, viewer, region)."""
+            conversation_id = state.get("conversation_id")
+            try:
+                stream = stream_factory()
+                shown = list(messages)
+                yield shown, "", gr.skip(), gr.skip()
+                for update in stream:
+                    if update.done:
+                        loaded = chat.store.load_conversation(conversation_id)
+                        shown = handlers.chat_messages(loaded["turns"])
+                        layers = viewer_state(state["slide_id"], state["meta"], update.layers)
+                        yield shown, "", layers, ""
+                    else:
+                        live = [*shown, {"role": "assistant", "content": update.text}]
+                        yield live, "", gr.skip(), gr.skip()
+            except Exception as exc:
+                message = _sentence(exc)
+                try:  # show what was logged (a failed answer is logged with its error)
+                    loaded = chat.store.load_conversation(conversation_id)
+                    shown = handlers.chat_messages(loaded["turns"])
+                except Exception:
+                    shown = list(messages)
+                nothing_logged = len(shown) <= len(messages)
+                gr.Warning(message)
+                yield shown, (question_text if nothing_logged else ""), gr.skip(), gr.skip()
+
+        def on_ask(question_text, state, region_value, mode_value, s_value, tokens, temp, messages):
+            conversation_id = state.get("conversation_id")
+            if not conversation_id:
+                raise gr.Error("Upload a slide first; questions are about the slide in the viewer.")
+            if not (question_text or "").strip():
+                raise gr.Error("The question is empty; type a question about the slide.")
+            try:
+                options = _options(mode_value, s_value, tokens, temp)
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+            pending = [*(messages or []), {"role": "user", "content": question_text.strip()}]
+
+            def factory() -> Iterator[handlers.AskUpdate]:
+                return handlers.ask(
+                    chat, conversation_id, question_text, options, region=region_value
+                )
+
+            yield from run_answer(factory, state, pending, question_text)
+
+        def on_retry(state, mode_value, s_value, tokens, temp, messages):
+            conversation_id = state.get("conversation_id")
+            if not conversation_id:
+                raise gr.Error("Upload a slide first.")
+            try:
+                options = _options(mode_value, s_value, tokens, temp)
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+            kept = list(messages or [])
+            if kept and kept[-1]["role"] == "assistant":
+                kept = kept[:-1]
+
+            def factory() -> Iterator[handlers.AskUpdate]:
+                return handlers.retry(chat, conversation_id, options)
+
+            for chat_value, _question, layers, region_value in run_answer(factory, state, kept, ""):
+                yield chat_value, layers, region_value
+
+        def on_stop(state):
+            conversation_id = state.get("conversation_id")
+            if conversation_id and not handlers.stop_answer(chat, conversation_id):
+                gr.Info("Nothing is being answered right now.")
+
+        def on_undo(state):
+            conversation_id = state.get("conversation_id")
+            if not conversation_id:
+                return gr.skip(), gr.skip(), gr.skip()
+            try:
+                result = handlers.undo(chat, conversation_id)
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+            if result["question"] is None:
+                gr.Info("There is nothing to undo.")
+            layers = viewer_state(state["slide_id"], state["meta"], result["layers"])
+            return result["messages"], result["question"] or "", layers
+
+        def on_like(state, data: gr.LikeData):
+            conversation_id = state.get("conversation_id")
+            liked = data.liked
+            if not conversation_id or not isinstance(data.index, int) or liked not in (True, False):
+                return
+            try:
+                handlers.feedback(chat, conversation_id, data.index, liked)
+            except Exception as exc:
+                gr.Warning(_sentence(exc))
+
+        def on_reopen(conversation_id, state):
+            if not conversation_id or conversation_id == state.get("conversation_id"):
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            try:
+                result = handlers.reopen_conversation(chat, conversation_id)
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+            state = {
+                "conversation_id": result["conversation_id"],
+                "slide_id": result["slide_id"],
+                "meta": result["meta"],
+            }
+            return state, result["viewer_state"], result["messages"], ""
+
+        def on_new(state):
+            if not state.get("slide_id"):
+                raise gr.Error("Upload a slide first.")
+            try:
+                conversation_id = handlers.new_conversation(chat, state["slide_id"])
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+            state = {**state, "conversation_id": conversation_id}
+            layers = viewer_state(state["slide_id"], state["meta"], handlers.empty_layers())
+            return state, [], layers, ""
+
+        def on_export(state, fmt):
+            conversation_id = state.get("conversation_id")
+            if not conversation_id:
+                raise gr.Error("There is no conversation to export yet; upload a slide first.")
+            try:
+                return str(handlers.export_conversation(chat, conversation_id, fmt, download_dir))
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+
+        private = {"api_visibility": "private"}
+        upload.upload(
+            on_upload,
+            [upload, session],
+            [session, viewer, chatbot, region, conversations],
+            concurrency_limit=2,
+            concurrency_id="omnipath-upload",
+            **private,
+        )
+        answer_inputs = [
+            question,
+            session,
+            region,
+            mode,
+            s_slider,
+            max_tokens,
+            temperature,
+            chatbot,
+        ]
+        answer_outputs = [chatbot, question, viewer, region]
+        for trigger in (ask_button.click, question.submit):
+            trigger(
+                on_ask,
+                answer_inputs,
+                answer_outputs,
+                concurrency_limit=chat.settings.max_concurrent_answers,
+                concurrency_id=ANSWER_CONCURRENCY,
+                **private,
+            ).then(refresh_conversations, [session], [conversations], **private)
+        retry_button.click(
+            on_retry,
+            [session, mode, s_slider, max_tokens, temperature, chatbot],
+            [chatbot, viewer, region],
+            concurrency_limit=chat.settings.max_concurrent_answers,
+            concurrency_id=ANSWER_CONCURRENCY,
+            **private,
+        )
+        stop_button.click(on_stop, [session], None, concurrency_limit=None, **private)
+        undo_button.click(on_undo, [session], [chatbot, question, viewer], **private)
+        chatbot.like(on_like, [session], None, concurrency_limit=None, **private)
+        conversations.input(
+            on_reopen, [conversations, session], [session, viewer, chatbot, region], **private
+        )
+        new_button.click(on_new, [session], [session, chatbot, viewer, region], **private).then(
+            refresh_conversations, [session], [conversations], **private
+        )
+        export_button.click(on_export, [session, export_format], [export_file], **private)
+        demo.load(refresh_conversations, [session], [conversations], **private)
+
+        # --- the named API ----------------------------------------------------------------
+
+        def api_upload(path: str | None, progress=gr.Progress()) -> dict[str, Any]:  # noqa: B008
+            """Upload a slide; returns {slide_id, conversation_id, meta}."""
+            if not path:
+                raise gr.Error("No file was sent.")
+            try:
+                result = handlers.upload_slide(
+                    chat,
+                    path,
+                    file_name=Path(path).name,
+                    progress=lambda fraction, text: progress(fraction, desc=text),
+                )
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+            return {k: result[k] for k in ("slide_id", "conversation_id", "meta")}
+
+        def api_ask(
+            conversation_id, question_text, mode_value, s_value, tokens, temp, region_value
+        ):
+            """Ask in a conversation; streams {text, done, turn_id, answer, layers}."""
+            try:
+                options = _options(mode_value or "attention", s_value, tokens, temp)
+                stream = handlers.ask(
+                    chat,
+                    conversation_id or "",
+                    question_text or "",
+                    options,
+                    region=region_value or None,
+                )
+                for update in stream:
+                    yield update.to_dict()
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+
+        def api_export(conversation_id, fmt):
+            """Export a conversation as json, geojson or html; returns the file."""
+            try:
+                return str(
+                    handlers.export_conversation(chat, conversation_id or "", fmt, download_dir)
+                )
+            except Exception as exc:
+                raise gr.Error(_sentence(exc)) from None
+
+        api_upload_button.click(
+            api_upload,
+            [api_file],
+            [api_upload_out],
+            api_name="upload",
+            concurrency_limit=2,
+            concurrency_id="omnipath-upload",
+        )
+        api_ask_button.click(
+            api_ask,
+            [
+                api_conversation,
+                api_question,
+                api_mode,
+                api_s,
+                api_max_tokens,
+                api_temperature,
+                api_region,
+            ],
+            [api_ask_out],
+            api_name="ask",
+            concurrency_limit=chat.settings.max_concurrent_answers,
+            concurrency_id=ANSWER_CONCURRENCY,
+        )
+        api_export_button.click(
+            api_export, [api_conversation, api_format], [api_export_out], api_name="export"
+        )
+    demo.omnipath_services = chat  # type: ignore[attr-defined]  # tests and the launcher
+    return demo
+
+
+def create_chat_app(config: Any, services: ChatServices | None = None) -> FastAPI:
+    """The whole server with the chat UI: the viewer's tile routes and assets, then the chat
+    mounted at "/" (uploads above the limit are refused by Gradio before they are stored)."""
+    from web.tile_routes import TileCacheFastPath, tile_router
+    from web.viewer_component import mount_viewer_assets
+
+    if services is None:
+        web = build_services(config)
+        register_initial_slide(web, config)
+        services = build_chat_services(config, web=web)
+    app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(tile_router(services.web.tiles))
+    app.add_middleware(TileCacheFastPath, service=services.web.tiles)
+    mount_viewer_assets(app)
+    app.state.services = services.web
+    app.state.chat_services = services
+    demo = build_chat_demo(config, services)
+    return gr.mount_gradio_app(
+        app,
+        demo,
+        path="/",
+        server_name=config.host,
+        server_port=config.port,
+        max_file_size=services.settings.max_upload_bytes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m web.chat_app`: like `python -m web`, with the chat."""
+    import sys
+
+    import uvicorn
+
+    from web.config import load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(sys.argv[1:] if argv is None else argv)
+        app = create_chat_app(config)
+    except OmniPathError as exc:
+        print(f"OmniPath could not start: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"OmniPath: open http://{config.host}:{config.port} in a browser", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

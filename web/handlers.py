@@ -1,0 +1,632 @@
+"""The chat's actions as plain functions: they take ChatServices and plain values and return
+plain data (dicts, dataclasses, paths), never Gradio objects, so tests call them directly and
+web/chat_app.py only adapts them to components.
+
+Errors are typed (omnipath.errors) and carry a sentence for a person. Coordinates are level-0
+slide pixels (`l0_`). A conversation belongs to one slide; a new slide starts a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from omnipath.coords import L0Rect
+from omnipath.errors import (
+    GenerationError,
+    NotFoundError,
+    OmniPathError,
+    OptionsError,
+    SlideError,
+    UploadTooLargeError,
+)
+from web.chat_services import ChatServices
+from web.viewer_component import mask_item, viewer_state
+
+log = logging.getLogger(__name__)
+
+# progress(fraction 0..1, description) — gr.Progress fits, so does a test's list.append.
+ProgressFn = Callable[[float, str], None]
+EXPORT_FORMATS = ("json", "geojson", "html")
+_CHUNK = 8 * 1024 * 1024
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
+# The side of the thumbnail made at upload (checks that the slide decodes; cached by the slide).
+UPLOAD_THUMBNAIL_SIDE = 512
+
+
+def _no_progress(fraction: float, description: str) -> None:
+    pass
+
+
+# --- upload ---------------------------------------------------------------------------------
+
+
+def _hash_file(path: Path, size: int, progress: ProgressFn, start: float, span: float) -> str:
+    """sha256 hex of the file's bytes (what omnipath.slide.content_hash computes), streamed."""
+    digest = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            progress(start + span * done / max(size, 1), "Hashing the slide")
+    return digest.hexdigest()
+
+
+def _store_copy(source: Path, target: Path, size: int, progress: ProgressFn) -> None:
+    """Put the upload at `target`: a hard link when on the same disk (instant), else a copy
+    written under a temporary name and renamed, so a half-copied file is never used."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        os.link(source, partial)
+    except OSError:
+        done = 0
+        with open(source, "rb") as src, open(partial, "wb") as dst:
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
+                done += len(chunk)
+                progress(0.5 + 0.3 * done / max(size, 1), "Copying the slide")
+    partial.replace(target)
+
+
+def _stored_name(slide_id: str, file_name: str | None) -> str:
+    # The format is sniffed from the content; the suffix is kept only because OpenSlide and
+    # the MIRAX zip reader look at it. Nothing else of the user's file name reaches the disk.
+    suffix = Path(file_name or "").suffix.lower()
+    return slide_id + (suffix if _SUFFIX.fullmatch(suffix) else "")
+
+
+def upload_slide(
+    services: ChatServices,
+    path: str | os.PathLike[str],
+    *,
+    file_name: str | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Take an uploaded file: size check (before anything is read), hash, copy into the slide
+    store, open it and make a thumbnail, record it, and start a new conversation about it.
+
+    Returns {slide_id, conversation_id, meta (SlideMeta dict), viewer_state (JSON string)}.
+    Raises UploadTooLargeError, NotFoundError (no file), SlideError subclasses (not a slide,
+    damaged, ...)."""
+    progress = progress or _no_progress
+    source = Path(path)
+    if not source.is_file():
+        raise NotFoundError("The uploaded file did not arrive; please upload it again.")
+    size = source.stat().st_size
+    limit = services.settings.max_upload_bytes
+    if size > limit:
+        raise UploadTooLargeError(
+            f"The file is {_human_bytes(size)}, more than this server accepts "
+            f"({_human_bytes(limit)}).",
+            detail=f"{size} > {limit}",
+        )
+    if size == 0:
+        from omnipath.errors import EmptySlideError
+
+        raise EmptySlideError("The uploaded file is empty.")
+    progress(0.0, "Hashing the slide")
+    slide_id = _hash_file(source, size, progress, 0.0, 0.5)
+    target = services.settings.uploads_dir / _stored_name(slide_id, file_name or source.name)
+    created = False
+    if not target.is_file():
+        progress(0.5, "Copying the slide")
+        _store_copy(source, target, size, progress)
+        created = True
+    progress(0.8, "Making the thumbnail")
+    registry = services.registry
+    registry.register(target, slide_id=slide_id)
+    try:
+        with registry.lease(slide_id) as opened:
+            opened.slide.thumbnail(UPLOAD_THUMBNAIL_SIDE)
+            info = opened.slide.info
+    except SlideError:
+        registry.forget(slide_id)
+        if created:
+            target.unlink(missing_ok=True)
+        raise
+    services.store.record_slide_info(
+        slide_id, info, size_bytes=size, stored_path=target, file_name=file_name
+    )
+    conversation_id = services.store.start_conversation(
+        slide_id, services.engine.info.get("model_id")
+    )
+    meta = services.web.tiles.meta(slide_id).to_dict()
+    progress(1.0, "Ready")
+    return {
+        "slide_id": slide_id,
+        "conversation_id": conversation_id,
+        "meta": meta,
+        "viewer_state": viewer_state(slide_id, meta, empty_layers()),
+    }
+
+
+def _human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} bytes"
+
+
+# --- conversations ----------------------------------------------------------------------------
+
+
+def empty_layers() -> dict[str, list]:
+    return {"regions": [], "boxes": [], "masks": []}
+
+
+def _rect(value: Any) -> dict[str, int]:
+    if isinstance(value, dict):
+        return {k: int(value[k]) for k in ("x", "y", "w", "h")}
+    x, y, w, h = value
+    return {"x": int(x), "y": int(y), "w": int(w), "h": int(h)}
+
+
+def _mask_bitmap(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("L")) > 127
+
+
+def turn_layers(turn: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The viewer's layers for one logged assistant turn (a Store turn dict): regions numbered
+    by rank, boxes and masks in level-0 pixels."""
+    regions = [
+        {
+            "l0_rect": _rect(r["l0_rect"]),
+            "number": int(r["rank"]),
+            "label": f"Region {r['rank']}"
+            + (f" (probe score {r['score']:.3f})" if r.get("score") is not None else ""),
+        }
+        for r in sorted(turn.get("regions") or [], key=lambda r: r["rank"])
+    ]
+    boxes = [
+        {"l0_rect": _rect(b["l0_rect"]), "label": b.get("label") or f"Box {i + 1}"}
+        for i, b in enumerate(turn.get("boxes") or [])
+    ]
+    masks = [
+        mask_item(_mask_bitmap(m["png"]), _rect(m["l0_rect"]), m.get("label") or f"Mask {i + 1}")
+        for i, m in enumerate(turn.get("masks") or [])
+    ]
+    return {"regions": regions, "boxes": boxes, "masks": masks}
+
+
+def _message_text(turn: dict[str, Any]) -> str:
+    text = turn["text"]
+    if turn["role"] != "assistant":
+        region = (turn.get("meta") or {}).get("l0_region")
+        if region:
+            x, y, w, h = region
+            return f"{text}\n\n*(about the region x {x}, y {y}, {w}×{h} px)*"
+        return text
+    notes = []
+    meta = turn.get("meta") or {}
+    if meta.get("stopped"):
+        notes.append("stopped")
+    if meta.get("timed_out"):
+        notes.append("time limit reached")
+    if turn.get("error"):
+        notes.append(turn["error"])
+    if notes:
+        text = (text + "\n\n" if text else "") + "⚠ " + "; ".join(notes)
+    return text
+
+
+def chat_messages(turns: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Messages for gr.Chatbot (one per logged turn, in order: message index = turn index)."""
+    return [{"role": t["role"], "content": _message_text(t)} for t in turns]
+
+
+def _history(turns: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """What the model sees of earlier turns: their text (failed answers without text left out)."""
+    return [
+        {"role": t["role"], "content": t["text"]}
+        for t in turns
+        if t["text"].strip() or t["role"] == "user"
+    ]
+
+
+def _last_answer(turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for turn in reversed(turns):
+        if turn["role"] == "assistant":
+            return turn
+    return None
+
+
+def _ensure_registered(services: ChatServices, slide: dict[str, Any]) -> None:
+    registry = services.registry
+    if registry.is_registered(slide["id"]):
+        return
+    stored = slide.get("stored_path")
+    if not stored or not Path(stored).is_file():
+        raise NotFoundError(
+            "The slide of this conversation is no longer stored on this server; "
+            "its turns can still be exported."
+        )
+    registry.register(stored, slide_id=slide["id"])
+
+
+def list_conversations(services: ChatServices, limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first: [{id, title, slide_id, turn_count, updated_at (ISO text)}]."""
+    return [
+        {
+            "id": c["id"],
+            "title": c["title"] or "(no question yet)",
+            "slide_id": c["slide_id"],
+            "turn_count": c["turn_count"],
+            "updated_at": c["updated_at"].isoformat() if c["updated_at"] else None,
+        }
+        for c in services.store.list_conversations(limit=limit)
+    ]
+
+
+def reopen_conversation(services: ChatServices, conversation_id: str) -> dict[str, Any]:
+    """Restore a past conversation: its slide in the viewer, its messages, and the layers of
+    its last answer. {conversation_id, slide_id, messages, layers, meta, viewer_state}."""
+    conversation = _load(services, conversation_id)
+    _ensure_registered(services, conversation["slide"])
+    slide_id = conversation["slide_id"]
+    meta = services.web.tiles.meta(slide_id).to_dict()
+    last = _last_answer(conversation["turns"])
+    layers = turn_layers(last) if last is not None else empty_layers()
+    return {
+        "conversation_id": conversation_id,
+        "slide_id": slide_id,
+        "title": conversation["title"],
+        "messages": chat_messages(conversation["turns"]),
+        "layers": layers,
+        "meta": meta,
+        "viewer_state": viewer_state(slide_id, meta, layers),
+    }
+
+
+def new_conversation(services: ChatServices, slide_id: str) -> str:
+    """A fresh conversation about an already uploaded slide."""
+    return services.store.start_conversation(slide_id, services.engine.info.get("model_id"))
+
+
+def _load(services: ChatServices, conversation_id: str) -> dict[str, Any]:
+    if not isinstance(conversation_id, str) or not conversation_id.strip():
+        raise NotFoundError("No conversation is open: upload a slide first.")
+    return services.store.load_conversation(conversation_id.strip())
+
+
+# --- asking -----------------------------------------------------------------------------------
+
+
+@dataclass
+class AskUpdate:
+    """One step of an answer: `text` is the answer so far. The last update has done=True,
+    the logged turn's id, the Answer as a dict and the viewer layers."""
+
+    conversation_id: str
+    text: str
+    done: bool = False
+    turn_id: str | None = None
+    answer: dict[str, Any] | None = None
+    layers: dict[str, list] = field(default_factory=empty_layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "conversation_id": self.conversation_id,
+            "text": self.text,
+            "done": self.done,
+            "turn_id": self.turn_id,
+            "answer": self.answer,
+            "layers": {
+                # mask images are data URLs for the browser; API callers get them from export
+                "regions": self.layers["regions"],
+                "boxes": self.layers["boxes"],
+                "masks": [{k: v for k, v in m.items() if k != "src"} for m in self.layers["masks"]],
+            },
+        }
+
+
+def parse_region(value: Any, l0_width: int, l0_height: int) -> L0Rect | None:
+    """The rectangle the user drew: None / "" for none, else {x, y, w, h} (a dict or its JSON)
+    in level-0 pixels, clipped to the slide. OptionsError when it is not one."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        data = json.loads(value) if isinstance(value, str) else value
+        if not data:
+            return None
+        x, y, w, h = (round(float(data[k])) for k in ("x", "y", "w", "h"))
+    except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+        raise OptionsError(
+            "The region must be a rectangle {x, y, w, h} in slide pixels; draw it again."
+        ) from None
+    x0, y0 = max(0, min(x, x + w)), max(0, min(y, y + h))
+    x1, y1 = min(l0_width, max(x, x + w)), min(l0_height, max(y, y + h))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise OptionsError("The region lies outside the slide or is empty; draw it again.")
+    return L0Rect(x0, y0, x1 - x0, y1 - y0)
+
+
+def stop_answer(services: ChatServices, conversation_id: str) -> bool:
+    """Ask the answer being generated in this conversation to stop (the text so far is kept
+    and logged). False when nothing is being generated there."""
+    with services.stops_lock:
+        event = services.stops.get(conversation_id)
+    if event is None:
+        return False
+    event.set()
+    return True
+
+
+def ask(
+    services: ChatServices,
+    conversation_id: str,
+    question: str,
+    options: Any = None,
+    *,
+    region: Any = None,
+    stop: threading.Event | None = None,
+) -> Iterator[AskUpdate]:
+    """Answer `question` in the conversation, streaming AskUpdates; the question and the answer
+    are logged (a failed answer is logged with its error, then the error is raised).
+
+    options: omnipath.engine.AnswerOptions (defaults when None). region: the rectangle the
+    user drew ({x, y, w, h} level-0 pixels, or its JSON), passed to the engine as l0_region
+    (a <mask> input map when the model has a mask encoder, else a sentence naming the region).
+    Bad input (empty question, bad options, unknown conversation) raises before anything is
+    logged."""
+    if not isinstance(question, str) or not question.strip():
+        raise OptionsError("The question is empty; type a question about the slide.")
+    return _answer(services, conversation_id, question.strip(), options, region, stop, True)
+
+
+def retry(
+    services: ChatServices,
+    conversation_id: str,
+    options: Any = None,
+    *,
+    stop: threading.Event | None = None,
+) -> Iterator[AskUpdate]:
+    """Answer the last question again (its old answer is deleted first); same stream as ask."""
+    conversation = _load(services, conversation_id)
+    if not any(t["role"] == "user" for t in conversation["turns"]):
+        raise OptionsError("There is no question to retry yet.")
+    question = services.store.prepare_retry(conversation_id)
+    region = (question.get("meta") or {}).get("l0_region")
+    if region:
+        region = dict(zip(("x", "y", "w", "h"), region, strict=True))
+    return _answer(services, conversation_id, question["text"], options, region, stop, False)
+
+
+def _answer(
+    services: ChatServices,
+    conversation_id: str,
+    question: str,
+    options: Any,
+    region: Any,
+    stop: threading.Event | None,
+    log_question: bool,
+) -> Iterator[AskUpdate]:
+    from omnipath.engine import AnswerOptions
+
+    options = AnswerOptions() if options is None else options
+    conversation = _load(services, conversation_id)
+    conversation_id = conversation["id"]
+    slide = conversation["slide"]
+    _ensure_registered(services, slide)
+    l0_region = parse_region(region, slide["width"], slide["height"])
+    turns = conversation["turns"]
+    if not log_question:  # retry: the question is the last logged turn already
+        turns = turns[:-1]
+    stop = stop if stop is not None else threading.Event()
+    return _run(
+        services,
+        conversation_id,
+        question,
+        options,
+        l0_region,
+        stop,
+        log_question,
+        _history(turns),
+        slide["id"],
+    )
+
+
+def _run(
+    services: ChatServices,
+    conversation_id: str,
+    question: str,
+    options: Any,
+    l0_region: L0Rect | None,
+    stop: threading.Event,
+    log_question: bool,
+    history: list[dict[str, str]],
+    slide_id: str,
+) -> Iterator[AskUpdate]:
+    store = services.store
+    region_list = (
+        [l0_region.x, l0_region.y, l0_region.w, l0_region.h] if l0_region is not None else None
+    )
+    meta = {"l0_region": region_list} if region_list else {}
+    text = ""
+    answer = None
+    # The lease keeps the slide open while the engine reads it, even if the LRU evicts it.
+    with services.registry.lease(slide_id) as opened:
+        # the engine checks the options and the question here, before anything is logged
+        stream = services.engine.answer(
+            opened.slide, history, question, options, stop=stop, l0_region=l0_region
+        )
+        if log_question:
+            store.log_turn(
+                conversation_id,
+                "user",
+                question,
+                pgdfc_mode=options.pgdfc_mode,
+                s=options.s,
+                meta=meta,
+            )
+        with services.stops_lock:
+            services.stops[conversation_id] = stop
+        try:
+            for item in stream:
+                if isinstance(item, str):
+                    text += item
+                    yield AskUpdate(conversation_id, text)
+                else:
+                    answer = item
+        except OmniPathError as exc:
+            _log_failure(services, conversation_id, text, options, exc.message, meta)
+            raise
+        except Exception as exc:  # a bug or a library failure: logged, reported as a sentence
+            log.exception("answering failed")
+            message = "The model failed while answering; the error was logged. Please try again."
+            _log_failure(services, conversation_id, text, options, message, meta)
+            raise GenerationError(message, detail=repr(exc)) from exc
+        finally:
+            with services.stops_lock:
+                if services.stops.get(conversation_id) is stop:
+                    del services.stops[conversation_id]
+    if answer is None:
+        message = "The model stopped without an answer; please try again."
+        _log_failure(services, conversation_id, text, options, message, meta)
+        raise GenerationError(message)
+    answer_dict = answer.to_dict()
+    turn_id = store.log_answer(
+        conversation_id,
+        answer,
+        pgdfc_mode=options.pgdfc_mode,
+        s=options.s,
+        meta={**meta, "options": options.to_dict()},
+    )
+    turn = store.get_turn(turn_id)
+    yield AskUpdate(
+        conversation_id,
+        _message_text(turn),
+        done=True,
+        turn_id=turn_id,
+        answer=answer_dict,
+        layers=turn_layers(turn),
+    )
+
+
+def _log_failure(
+    services: ChatServices,
+    conversation_id: str,
+    text: str,
+    options: Any,
+    message: str,
+    meta: dict[str, Any],
+) -> None:
+    try:
+        services.store.log_turn(
+            conversation_id,
+            "assistant",
+            text,
+            pgdfc_mode=options.pgdfc_mode,
+            s=options.s,
+            model_id=services.engine.info.get("model_id"),
+            error=message,
+            meta=meta,
+        )
+    except OmniPathError:
+        log.exception("could not log the failed answer")
+
+
+def undo(services: ChatServices, conversation_id: str) -> dict[str, Any]:
+    """Remove the last question and its answer. {question: its text (to edit and ask again) or
+    None when there was nothing to undo, messages, layers (of the answer now last)}."""
+    _load(services, conversation_id)
+    removed = services.store.undo_last_exchange(conversation_id)
+    conversation = services.store.load_conversation(conversation_id)
+    last = _last_answer(conversation["turns"])
+    return {
+        "question": removed["question"] if removed else None,
+        "messages": chat_messages(conversation["turns"]),
+        "layers": turn_layers(last) if last is not None else empty_layers(),
+    }
+
+
+def feedback(
+    services: ChatServices, conversation_id: str, message_index: int, liked: bool | str
+) -> int:
+    """Log a like / dislike on the answer shown at `message_index` (= its turn index).
+    Returns the feedback row id."""
+    conversation = _load(services, conversation_id)
+    turns = conversation["turns"]
+    if not isinstance(message_index, int) or not 0 <= message_index < len(turns):
+        raise NotFoundError("That message is no longer in the conversation.")
+    turn = turns[message_index]
+    if turn["role"] != "assistant":
+        raise OptionsError("Only answers can be liked or disliked.")
+    return services.store.add_feedback(turn["id"], liked)
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def export_conversation(
+    services: ChatServices,
+    conversation_id: str,
+    fmt: str,
+    folder: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write one export of the conversation and return its path: "json" (everything logged),
+    "geojson" (regions, boxes, masks in level-0 pixels, for QuPath) or "html" (the
+    self-contained report with a snapshot of each answer's overlays)."""
+    from storage import conversation_geojson, conversation_json
+
+    if fmt not in EXPORT_FORMATS:
+        raise OptionsError(f"Export as one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}.")
+    conversation = _load(services, conversation_id)
+    conversation_id = conversation["id"]
+    folder = Path(folder) if folder is not None else services.settings.exports_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "json":
+        content = json.dumps(conversation_json(services.store, conversation_id), ensure_ascii=False)
+    elif fmt == "geojson":
+        content = json.dumps(conversation_geojson(services.store, conversation_id))
+    else:
+        from web.report import conversation_report
+
+        content = conversation_report(
+            conversation,
+            _report_thumbnail(services, conversation["slide"]),
+            model=services.model_banner(),
+        )
+    path = folder / f"omnipath-{conversation_id}.{fmt}"
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(content, encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def _report_thumbnail(services: ChatServices, slide: dict[str, Any]) -> Image.Image | None:
+    """The slide's thumbnail for the report, or None when the file is gone or unreadable."""
+    from web.report import REPORT_THUMBNAIL_SIDE
+
+    try:
+        _ensure_registered(services, slide)
+        with services.registry.lease(slide["id"]) as opened:
+            return opened.slide.thumbnail(REPORT_THUMBNAIL_SIDE)
+    except OmniPathError:
+        log.warning("no thumbnail for the report of slide %s", slide["id"][:12], exc_info=True)
+        return None
+
+
+def copy_for_download(path: Path, folder: Path) -> Path:
+    """A copy of an export in `folder` (Gradio serves files only from allowed folders)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    shutil.copyfile(path, target)
+    return target
