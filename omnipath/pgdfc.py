@@ -2,8 +2,9 @@
 
 1. The probe: Ψ = the first LLM layer's attention of the last input token over the
    thumbnail's image tokens, mean over heads. Only that one row is computed, from layer 0's
-   queries and keys, inside a forward pre-hook on layer 0's self-attention: the model itself
-   keeps running sdpa / flash attention for everything else. O(L·D) extra work.
+   query for the last token and the keys layer 0 just wrote into the KV cache, in hooks on
+   layer 0's self-attention: the model itself keeps running sdpa / flash attention for
+   everything else. O(L·d) extra work, no prefill repeated.
 2. Tissue filter at grid resolution (cells of the padded square thumbnail that are
    background, padding included, are never chosen).
 3. Top-S cells (mode "attention"), S random tissue cells (mode "random", seeded: the paper's
@@ -61,38 +62,40 @@ def last_token_attention_row(
     attn: nn.Module,
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention of the LAST position over all positions, per head, for one layer.
 
     `attn` is a Llama-family self-attention module (q_proj, k_proj, head_dim, scaling; an
     optional per-head q_norm/k_norm as in Qwen3). `hidden_states` B×L×D is the layer's input
     AFTER its input_layernorm (what the self-attention module receives); `position_embeddings`
-    is the (cos, sin) pair B×L×head_dim the decoder passes to the layer. The row is computed
-    as the eager kernel would (RoPE, GQA key repeat, scaled dot product, fp32 softmax over all
-    L keys: the last query sees every key under the causal mask) but only for one query.
-    Assumes no earlier cache entries (the probe runs on the first prefill chunk).
+    is the (cos, sin) pair B×L×head_dim the decoder passes to the layer. `keys`, when given,
+    are the layer's own post-RoPE keys B×H_kv×L×hd (from the KV cache it just filled): then
+    only the one query is computed. The row is what the eager kernel computes (RoPE, GQA key
+    repeat, scaled dot product, fp32 softmax over all L keys: the last query sees every key
+    under the causal mask) for one query. Assumes no earlier cache entries.
     Returns B×H×L float32.
     """
     head_dim = int(attn.head_dim)
     b, length, _ = hidden_states.shape
-    last = hidden_states[:, -1:, :]
-    q = attn.q_proj(last).view(b, 1, -1, head_dim)
-    k = attn.k_proj(hidden_states).view(b, length, -1, head_dim)
+    q = attn.q_proj(hidden_states[:, -1:, :]).view(b, 1, -1, head_dim)
     if hasattr(attn, "q_norm"):
         q = attn.q_norm(q)
-    if hasattr(attn, "k_norm"):
-        k = attn.k_norm(k)
     q = q.transpose(1, 2)  # B×H×1×hd
-    k = k.transpose(1, 2)  # B×Hkv×L×hd
     cos, sin = position_embeddings
     cos = cos.unsqueeze(1)  # B×1×L×hd
     sin = sin.unsqueeze(1)
     q = q * cos[:, :, -1:] + _rotate_half(q) * sin[:, :, -1:]
-    k = k * cos + _rotate_half(k) * sin
-    n_rep = q.shape[1] // k.shape[1]
+    if keys is None:
+        k = attn.k_proj(hidden_states).view(b, length, -1, head_dim)
+        if hasattr(attn, "k_norm"):
+            k = attn.k_norm(k)
+        k = k.transpose(1, 2)  # B×Hkv×L×hd
+        keys = k * cos + _rotate_half(k) * sin
+    n_rep = q.shape[1] // keys.shape[1]
     if n_rep > 1:  # grouped-query attention: each key head serves n_rep query heads
-        k = k.repeat_interleave(n_rep, dim=1)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * float(attn.scaling)
+        keys = keys.repeat_interleave(n_rep, dim=1)
+    scores = torch.matmul(q.float(), keys.float().transpose(-1, -2)) * float(attn.scaling)
     return scores.softmax(dim=-1)[:, :, 0, :]  # B×H×L
 
 
@@ -116,11 +119,16 @@ class AttentionProbe:
     Use as a context manager around the prefix prefill:
 
         with AttentionProbe(model.language_model) as probe:
-            decoder(inputs_embeds=prefix, cache=cache, use_cache=True)
+            decoder(inputs_embeds=prefix, use_cache=True)
         probe.row  # B×L float32: last token's attention over all L prefix positions, head mean
 
-    Only the first forward inside the block is captured; the hook is removed on exit, so the
-    following chunks (detail blocks, decoding) run untouched. `seconds` is the probe's own cost.
+    A pre-hook on the layer's self-attention keeps its input (hidden states after the input
+    norm, RoPE cos/sin); a forward hook then computes the row from the last token's query and
+    the keys the layer itself just wrote into the KV cache (recomputed from the kept input
+    when there is no plain cache). The attention kernel (sdpa, flash) is never touched.
+    Only the first forward inside the block is captured; the hooks are removed on exit, so
+    the following chunks (detail blocks, decoding) run untouched. `seconds` is the probe's
+    own cost.
     """
 
     def __init__(self, language_model: nn.Module, layer: int = 0) -> None:
@@ -128,21 +136,35 @@ class AttentionProbe:
         self.row: torch.Tensor | None = None
         self.heads: torch.Tensor | None = None
         self.seconds = 0.0
-        self._handle: Any = None
+        self.used_cached_keys = False
+        self._inputs: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Any] | None = None
+        self._handles: list[Any] = []
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.row is not None:
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.row is not None or self._inputs is not None:
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         position_embeddings = kwargs.get("position_embeddings")
         if hidden is None or position_embeddings is None:
-            raise RuntimeError("layer 0's attention was called without hidden states or RoPE")
+            raise RuntimeError("the probed attention was called without hidden states or RoPE")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and cache.get_seq_length() > 0:
             raise RuntimeError("the PGDFC probe must run on the first prefill chunk")
+        self._inputs = (hidden, position_embeddings, cache)
+        return None
+
+    def _after(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.row is not None or self._inputs is None:
+            return None
+        hidden, position_embeddings, cache = self._inputs
+        self._inputs = None
+        if hidden.is_cuda:
+            torch.cuda.synchronize(hidden.device)
         start = time.perf_counter()
+        keys = _cached_keys(cache, module, hidden.shape[1])
+        self.used_cached_keys = keys is not None
         with torch.no_grad():
-            heads = last_token_attention_row(module, hidden, position_embeddings)
+            heads = last_token_attention_row(module, hidden, position_embeddings, keys)
             self.heads = heads
             self.row = heads.mean(dim=1)
         if hidden.is_cuda:
@@ -151,13 +173,30 @@ class AttentionProbe:
         return None
 
     def __enter__(self) -> AttentionProbe:
-        self._handle = self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handles = [
+            self.attn.register_forward_pre_hook(self._before, with_kwargs=True),
+            self.attn.register_forward_hook(self._after, with_kwargs=True),
+        ]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._inputs = None
+
+
+def _cached_keys(cache: Any, attn: nn.Module, length: int) -> torch.Tensor | None:
+    """The layer's post-RoPE keys B×H_kv×L×hd from a plain (unquantized, unwindowed) KV
+    cache, or None when the cache does not hold exactly this chunk's L keys."""
+    layers = getattr(cache, "layers", None)
+    index = getattr(attn, "layer_idx", None)
+    if layers is None or index is None or index >= len(layers):
+        return None
+    keys = getattr(layers[index], "keys", None)
+    if not isinstance(keys, torch.Tensor) or keys.ndim != 4 or keys.shape[-2] != length:
+        return None
+    return keys
 
 
 def psi_grid(

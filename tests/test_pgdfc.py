@@ -42,8 +42,9 @@ def _llama(attn: str, *, kv_heads: int = 2, rope_theta: float = 10000.0) -> Llam
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_probe_matches_eager_output_attentions(kv_heads: int) -> None:
+def test_probe_matches_eager_output_attentions(kv_heads: int, use_cache: bool) -> None:
     torch.manual_seed(0)
     fast = _llama("sdpa", kv_heads=kv_heads)
     eager = _llama("eager", kv_heads=kv_heads)
@@ -51,14 +52,16 @@ def test_probe_matches_eager_output_attentions(kv_heads: int) -> None:
     embeds = torch.randn(1, 40, 64)
     with torch.no_grad():
         with AttentionProbe(fast) as probe:
-            out = fast(inputs_embeds=embeds, use_cache=True)
+            out = fast(inputs_embeds=embeds, use_cache=use_cache)
         reference = eager(inputs_embeds=embeds, output_attentions=True)
+    assert probe.used_cached_keys is use_cache  # keys from the cache, or recomputed
     assert fast.config._attn_implementation == "sdpa"  # the model itself never went eager
     expected = reference.attentions[0][:, :, -1, :]  # B×H×L, layer 0, last query
     assert probe.heads is not None and probe.row is not None
     assert torch.allclose(probe.heads, expected, atol=1e-5)
     assert torch.allclose(probe.row, expected.mean(dim=1), atol=1e-5)
-    assert out.cache.get_seq_length() == 40  # the same prefill filled the cache
+    if use_cache:
+        assert out.cache.get_seq_length() == 40  # the same prefill filled the cache
 
 
 def test_probe_captures_only_the_first_chunk_and_unhooks() -> None:
@@ -71,7 +74,7 @@ def test_probe_captures_only_the_first_chunk_and_unhooks() -> None:
             model(inputs_embeds=torch.randn(1, 3, 64), cache=out.cache, use_cache=True)
         assert torch.equal(probe.row, first) and first.shape == (1, 12)
     layer0 = model.model.layers[0].self_attn
-    assert not layer0._forward_pre_hooks
+    assert not layer0._forward_pre_hooks and not layer0._forward_hooks
 
 
 def _planted_llama(signal_dim: int) -> LlamaForCausalLM:
@@ -256,6 +259,7 @@ def test_probe_matches_eager_on_tiny_omnipath() -> None:
         with AttentionProbe(lm) as probe:
             lm.get_decoder()(inputs_embeds=embeds, use_cache=True)
         reference = eager(inputs_embeds=embeds, output_attentions=True).attentions[0]
+    assert probe.used_cached_keys
     assert eager.config._attn_implementation == "eager"
     assert lm.config._attn_implementation != "eager"
     expected = reference[0, :, -1, :].mean(dim=0)

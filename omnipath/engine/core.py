@@ -77,7 +77,11 @@ class Engine:
         quantization: str | None = None,
         thumb_cache_size: int = 8,
         max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
+        stop_token_ids: set[int] | None = None,
     ) -> None:
+        """stop_token_ids: the tokens that end an answer (default: EOS and the chat template's
+        end-of-turn marker); an empty set makes every answer run to max_new_tokens, which is
+        what benchmarks comparing latencies need."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -87,7 +91,7 @@ class Engine:
         self.max_new_tokens_limit = max_new_tokens_limit
         self.thumbs = ThumbnailCache(thumb_cache_size)
         self._lock = threading.Lock()
-        self._stop_ids = self._find_stop_ids()
+        self._stop_ids = self._find_stop_ids() if stop_token_ids is None else set(stop_token_ids)
 
     # --- facts about the model ----------------------------------------------------------
 
