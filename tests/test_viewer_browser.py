@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from web.viewer_component import OSD_BUILD_DIR, mask_item, rect_item
+from web.viewer_component import OSD_BUILD_DIR, mask_item, rect_item, viewer_state
 
 pytestmark = pytest.mark.browser
 
@@ -107,7 +107,7 @@ def _wait_for(driver, script: str, timeout_s: float = 45) -> object:
 def test_viewer_draws_the_slide_and_the_chat_overlays(server_url: str, browser) -> None:
     driver = browser
     driver.get(server_url)
-    assert "not connected yet" in _wait_for(driver, "return document.body.innerText")
+    assert _wait_for(driver, "return document.body.innerText.includes('not connected yet');")
 
     # OpenSeadragon opened the DZI and drew every tile it wanted for the first view.
     _wait_for(
@@ -214,6 +214,22 @@ def test_an_uploaded_slide_replaces_the_open_one_and_a_bad_file_is_refused(
         driver,
         "const item = window.omnipathViewer.viewer.world.getItemAt(0); return !!item && item.getFullyLoaded();",
     )
+
+    # What a Python event sends (viewer_state): new overlays and a rectangle to zoom to.
+    state = viewer_state(
+        None,
+        layers={"boxes": [rect_item({"x": 100, "y": 100, "w": 200, "h": 150})]},
+        zoom_to={"x": 100, "y": 100, "w": 200, "h": 150},
+    )
+    driver.execute_script("window.omnipathViewer.applyState(arguments[0]);", state)
+    assert driver.execute_script("return document.querySelectorAll('.ov-overlay').length;") == 1
+    x, y, w, h = _wait_for(
+        driver,
+        "const v = window.omnipathViewer.viewer; if (v.viewport.getZoom(true) !== v.viewport.getZoom(false)) return null;"
+        "const b = v.world.getItemAt(0).viewportToImageRectangle(v.viewport.getBounds(true));"
+        "return [b.x, b.y, b.width, b.height];",
+    )
+    assert x <= 100 and y <= 100 and x + w >= 300 and y + h >= 250 and w < 1000
 
     not_a_slide = tmp_path / "notes.svs"
     not_a_slide.write_text("these are notes, not a slide")

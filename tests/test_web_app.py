@@ -66,6 +66,11 @@ def test_viewer_state_names_the_slide_by_id_and_checks_layers() -> None:
     assert state["layers"]["regions"] == [] and state["layers"]["masks"] == []
     with pytest.raises(ValueError, match="unknown overlay layers"):
         viewer_state(slide_id, {}, {"arrows": []})
+    only_layers = json.loads(
+        viewer_state(None, layers={}, zoom_to={"x": 5, "y": 6, "w": 7, "h": 8})
+    )
+    assert "dzi_url" not in only_layers  # the open slide stays
+    assert only_layers["zoom_to"] == {"x": 5, "y": 6, "w": 7, "h": 8}
 
 
 def test_mask_item_is_a_transparent_png_coloured_where_true() -> None:

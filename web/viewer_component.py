@@ -1,7 +1,8 @@
 """The slide viewer as a Gradio component: OpenSeadragon (from npm) plus web/viewer/viewer.js.
 
-Python drives it with a JSON state string (the component's value):
-    {"dzi_url": "/slides/<id>.dzi", "meta": {...SlideMeta...}, "layers": {...}}
+Python drives it with a JSON state string (the component's value), made by `viewer_state`:
+    {"dzi_url": "/slides/<id>.dzi", "meta": {...SlideMeta...}, "layers": {...}, "zoom_to": {...}}
+Each key is optional: without "dzi_url" the open slide stays and only the layers change.
 Layers are in level-0 pixels (`l0_rect` = {x, y, w, h}):
     regions: [{"l0_rect": ..., "label": "..."}]   numbered rectangles (where the model read)
     boxes:   [{"l0_rect": ..., "label": "..."}]   numbered rectangles (what it detected)
@@ -121,8 +122,10 @@ def viewer_state(
     slide_id: str | None,
     meta: dict[str, Any] | None = None,
     layers: dict[str, Sequence[dict[str, Any]]] | None = None,
+    zoom_to: Any = None,
 ) -> str:
-    """The component's value: which slide to show (by id, never a path) and its overlays."""
+    """The component's value: which slide to show (by id, never a path), its overlays
+    (replacing the previous ones) and optionally a level-0 rectangle to zoom to."""
     state: dict[str, Any] = {}
     if slide_id is not None:
         state["dzi_url"] = f"/slides/{slide_id}.dzi"
@@ -132,6 +135,8 @@ def viewer_state(
         if unknown:
             raise ValueError(f"unknown overlay layers: {sorted(unknown)}")
         state["layers"] = {name: list(layers.get(name, [])) for name in LAYER_NAMES}
+    if zoom_to is not None:
+        state["zoom_to"] = _rect_dict(zoom_to)
     return json.dumps(state)
 
 

@@ -10,7 +10,7 @@
  *       masks item:         {l0_rect: {x, y, w, h}, src: url or data: URL of an image, label?}
  *   window.omnipathViewer.setLayerVisible(name, visible)
  *   window.omnipathViewer.zoomTo(l0Rect)          fit {x, y, w, h} (level-0 px) in the view
- *   window.omnipathViewer.applyState(state)       {dzi_url, meta, layers} (what Python sends)
+ *   window.omnipathViewer.applyState(state)       {dzi_url, meta, layers, zoom_to} (what Python sends)
  *   window.omnipathViewer.viewer                  the OpenSeadragon.Viewer (tests, debugging)
  */
 (function () {
@@ -59,6 +59,7 @@
       this.visible = { regions: true, boxes: true, masks: true };
       this.overlayCount = 0;
       this.trackers = [];
+      this.pendingZoom = null; // a zoomTo that arrived before the slide finished opening
 
       host.innerHTML = "";
       host.classList.add("ov-root");
@@ -114,6 +115,10 @@
       this.viewer.addHandler("open", () => {
         this.message.style.display = "none";
         this.drawLayers();
+        if (this.pendingZoom) {
+          this.zoomTo(this.pendingZoom);
+          this.pendingZoom = null;
+        }
         update();
       });
       this.viewer.addHandler("open-failed", (event) => {
@@ -139,6 +144,7 @@
 
     open(dziUrl, meta) {
       this.dziUrl = dziUrl;
+      this.pendingZoom = null;
       this.meta = meta || null;
       this.message.textContent = "Loading the slide…";
       this.message.style.display = "";
@@ -208,6 +214,10 @@
 
     zoomTo(rect) {
       if (!rect) return;
+      if (!this.viewer.world.getItemAt(0)) {
+        this.pendingZoom = rect;
+        return;
+      }
       const margin = 0.1;
       const padded = {
         x: rect.x - rect.w * margin,
@@ -295,6 +305,7 @@
         this.updateReadouts();
       }
       if (state.layers) this.setLayers(state.layers);
+      if (state.zoom_to) this.zoomTo(state.zoom_to);
     }
   }
 
