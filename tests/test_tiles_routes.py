@@ -133,6 +133,16 @@ def test_the_service_refuses_path_like_and_unknown_ids(slides: list[Path], bad_i
         service.tile(bad_id, 0, 0, 0, "jpeg")
 
 
+def test_a_slide_whose_file_was_removed_gets_404(tmp_path: Path) -> None:
+    path = write_synthetic_slide(tmp_path / "gone.tiff", 300, 200, seed=7).path
+    service = _service()
+    slide_id = service.registry.register(path)
+    path.unlink()
+    response = _client(service).get(f"/slides/{slide_id}_files/8/0_0.jpeg")
+    assert response.status_code == 404
+    assert "no longer on the server" in response.json()["error"]
+
+
 def test_only_max_open_slides_stay_open(slides: list[Path]) -> None:
     service = _service(max_open=1)
     first, second = (service.registry.register(path) for path in slides)

@@ -144,6 +144,8 @@ class SlideRegistry:
                     opened._readers += 1
                     return opened
                 path = self._paths[slide_id]
+            if not path.is_file():
+                raise NotFoundError("This slide's file is no longer on the server.")
             opened = OpenedSlide(slide_id, self._opener(path))  # slow part, outside the lock
             with self._lock:
                 opened._readers += 1
