@@ -127,3 +127,17 @@ def test_13b_preset_builds_on_the_meta_device():
     assert 300 < millions(model.vision.uni) < 310  # ViT-L/16
     assert 23 < millions(model.mask_encoder.resnet) - 2048 * 5120 / 1e6 - 5120 / 1e6 < 24
     assert model.num_image_tokens == 729
+
+
+def test_small_preset_is_about_100m_parameters():
+    import torch
+
+    from omnipath.model import small_config
+
+    with torch.device("meta"):
+        model = OmniPathForConditionalGeneration(small_config())
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    assert 90 < total < 110
+    assert model.num_image_tokens == 576 and model.thumb_side == 768
+    tokenizer = build_tiny_tokenizer()
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id

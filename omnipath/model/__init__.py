@@ -11,6 +11,7 @@ from omnipath.model.configuration import (
     OmniPathUniConfig,
     TokenCountError,
     omnipath_13b_config,
+    small_config,
     smollm2_135m_text_config,
     tiny_config,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "build_tiny_tokenizer",
     "omnipath_13b_config",
     "register_with_auto",
+    "small_config",
     "smollm2_135m_text_config",
     "tiny_config",
 ]

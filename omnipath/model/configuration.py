@@ -347,3 +347,47 @@ def tiny_config() -> OmniPathConfig:
         image_token_id=TINY_IMAGE_ID,
         mask_token_id=TINY_MASK_ID,
     )
+
+
+def small_config() -> OmniPathConfig:
+    """About 100M parameters with realistic grids, for benchmarks (random weights).
+
+    SigLIP 384 px / patch 16 → g = 24 (576 image tokens), UNI 224 px / patch 16 → 14×14
+    (resampled to 24×24), scales [1, 2] → 768 px thumbnails; a SmolLM2-like LM (GQA, tied
+    embeddings, 49152-token vocabulary) cut to 8 layers of width 512; ResNet-50 mask encoder.
+    Its special-token ids are the tiny tokenizer's, so `build_tiny_tokenizer()` drives it.
+    """
+    vision = SiglipVisionConfig(
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        image_size=384,
+        patch_size=16,
+        vision_use_head=False,
+    )
+    uni = OmniPathUniConfig(image_size=224, patch_size=16, embed_dim=384, depth=6, num_heads=6)
+    text = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=8192,
+        bos_token_id=TINY_BOS_ID,
+        eos_token_id=TINY_EOS_ID,
+        pad_token_id=TINY_PAD_ID,
+        tie_word_embeddings=True,
+    )
+    mask = OmniPathMaskConfig(transformer_dim=128, decoder_mlp_dim=512, iou_head_hidden_dim=128)
+    return OmniPathConfig(
+        vision_config=vision,
+        uni_config=uni,
+        text_config=text,
+        mask_config=mask,
+        pgdfc_config=OmniPathPgdfcConfig(tokens_per_patch=36),
+        scale_factors=[1, 2],
+        image_token_id=TINY_IMAGE_ID,
+        mask_token_id=TINY_MASK_ID,
+    )
