@@ -1,6 +1,5 @@
-"""MIRAX arrives as a .zip: the archive checks (zip-slip, zip bombs, structure) and the
-extraction next to the zip. (No real MIRAX slide is available offline; the OpenSlide side
-of MIRAX is OpenSlide's own detection on the extracted .mrxs.)"""
+"""MIRAX arrives as a .zip: a real (synthetic) MIRAX slide end to end, the archive checks
+(zip-slip, zip bombs, structure) and the extraction next to the zip."""
 
 from __future__ import annotations
 
@@ -8,8 +7,10 @@ import stat
 import struct
 import zipfile
 
+import numpy as np
 import pytest
 
+from omnipath.coords import L0Rect
 from omnipath.errors import (
     DamagedSlideError,
     SlideTooLargeError,
@@ -18,6 +19,8 @@ from omnipath.errors import (
 )
 from omnipath.slide import SlideLimits, open_slide
 from omnipath.slide.mirax import MARKER, extract_mirax_zip
+from omnipath.synth import write_synthetic_slide
+from omnipath.synth.mirax import write_synthetic_mirax, zip_mirax
 
 
 def _zip(path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED):
@@ -33,6 +36,52 @@ FAKE_MIRAX = {
     "case/slide/Index.dat": b"\x00" * 16,
     "case/slide/Data0000.dat": b"\x00" * 16,
 }
+
+
+@pytest.fixture(scope="module")
+def mirax_zip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mirax")
+    mrxs = write_synthetic_mirax(folder / "source", "case 7", width=1000, height=700, seed=2)
+    return mrxs, zip_mirax(mrxs, folder / "upload.zip")
+
+
+def test_mirax_zip_opens_as_mirax(mirax_zip, tmp_path):
+    _, path = mirax_zip
+    with open_slide(path) as slide:
+        info = slide.info
+        assert info.vendor == "mirax"
+        assert info.level_dimensions == ((1024, 768), (512, 384), (256, 192))
+        assert info.mpp_x == pytest.approx(0.25) and info.objective_power == 40.0
+        mirax_pixels = np.asarray(slide.read_l0_region(L0Rect(0, 0, 1000, 700), (250, 175)), float)
+        assert np.asarray(slide.read_l0_region(L0Rect(1000, 700, 24, 68), (4, 4))).min() > 240
+    # Same renderer, same seed: the TIFF version of this slide shows the same picture.
+    tiff = write_synthetic_slide(tmp_path / "same.tiff", 1000, 700, seed=2, n_lesions=1)
+    with open_slide(tiff.path) as slide:
+        tiff_pixels = np.asarray(slide.read_l0_region(L0Rect(0, 0, 1000, 700), (250, 175)), float)
+    assert np.abs(mirax_pixels - tiff_pixels).mean() < 4
+
+
+def test_extracted_mrxs_and_the_original_folder_open_too(mirax_zip):
+    mrxs, path = mirax_zip
+    with open_slide(mrxs) as slide:
+        assert slide.info.vendor == "mirax"
+    extracted = extract_mirax_zip(path, SlideLimits())
+    assert extracted.name == "case 7.mrxs"
+    with open_slide(extracted) as slide:
+        assert slide.thumbnail(64).size == (64, 48)
+
+
+def test_mirax_with_a_damaged_index(mirax_zip, tmp_path):
+    mrxs, _ = mirax_zip
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as archive:
+        archive.write(mrxs, mrxs.name)
+        for member in sorted(mrxs.with_suffix("").iterdir()):
+            data = member.read_bytes()
+            if member.name == "Index.dat":
+                data = data[:40]  # the level table is gone
+            archive.writestr(f"{mrxs.stem}/{member.name}", data)
+    with pytest.raises(DamagedSlideError, match="damaged"):
+        open_slide(tmp_path / "bad.zip")
 
 
 def test_zip_without_mrxs(tmp_path):
