@@ -1,6 +1,6 @@
 """The self-contained HTML report of one conversation: the turns, and after each answer a
 snapshot of its overlays (PGDFC regions numbered by rank, boxes, masks) drawn on the slide's
-thumbnail. Images are inlined as PNG data URIs, so the file opens anywhere, offline.
+thumbnail. Images are inlined as JPEG data URIs, so the file opens anywhere, offline.
 
 Shapes come from storage.export.turn_overlays (the same names and colours as the GeoJSON), in
 level-0 pixels; they are scaled to the thumbnail here (`thumb_` = thumbnail pixels).
@@ -35,9 +35,10 @@ table.meta td { padding: 0 .8em 0 0; font-size: 13px; color: #444; }
 
 
 def _data_uri(image: Image.Image) -> str:
+    # JPEG: a snapshot is a photo-like thumbnail; PNG would make the report ~10× larger.
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.convert("RGB").save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _canvas(thumbnail: Image.Image | None, l0_width: int, l0_height: int) -> Image.Image:

@@ -1,0 +1,379 @@
+"""The chat's handlers as plain functions: tiny engine, a synthetic slide, a SQLite log in
+tmp_path. Upload (progress, limits, bad files), ask (streaming, two turns, history, region,
+stop, failures), retry, undo, feedback, reopen, export."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from omnipath.coords import L0Rect
+from omnipath.engine import AnswerOptions
+from omnipath.errors import (
+    GenerationError,
+    NotFoundError,
+    OptionsError,
+    SlideError,
+    UploadTooLargeError,
+)
+from web import handlers
+from web.chat_services import ChatSettings, build_chat_services, build_engine, replace_settings
+from web.config import WebConfig
+
+OPTIONS = AnswerOptions(s=3, max_new_tokens=6)
+
+
+class SpyEngine:
+    """The real engine, remembering what each answer() call was given."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.calls: list[dict] = []
+
+    @property
+    def info(self) -> dict:
+        return self.engine.info
+
+    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+        self.calls.append({"history": list(history), "question": question, "l0_region": l0_region})
+        return self.engine.answer(slide, history, question, options, stop=stop, l0_region=l0_region)
+
+
+class FailingEngine(SpyEngine):
+    """Streams one delta, then fails the way a GPU out-of-memory would surface."""
+
+    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+        options = options or AnswerOptions()
+        options.validate()
+
+        def stream():
+            yield "partial "
+            raise GenerationError("The model ran out of memory; try fewer detail patches.")
+
+        return stream()
+
+
+@pytest.fixture(scope="module")
+def tiny_engine():
+    return build_engine(ChatSettings())
+
+
+@pytest.fixture()
+def services(tmp_path: Path, tiny_engine):
+    config = WebConfig(data_dir=tmp_path / "data", sample_slide=False)
+    from storage import Store
+
+    store = Store(tmp_path / "log.db")
+    chat = build_chat_services(config, engine=SpyEngine(tiny_engine), store=store, environ={})
+    yield chat
+    chat.web.registry.close()
+    store.close()
+
+
+@pytest.fixture()
+def uploaded(services, synthetic_slide) -> dict:
+    return handlers.upload_slide(services, synthetic_slide.path, file_name="case 12.tiff")
+
+
+def _finish(stream) -> tuple[list[handlers.AskUpdate], handlers.AskUpdate]:
+    updates = list(stream)
+    return updates[:-1], updates[-1]
+
+
+def test_upload_reports_progress_records_the_slide_and_starts_a_conversation(
+    services, synthetic_slide
+) -> None:
+    steps: list[tuple[float, str]] = []
+    result = handlers.upload_slide(
+        services,
+        synthetic_slide.path,
+        file_name="case 12.tiff",
+        progress=lambda f, text: steps.append((f, text)),
+    )
+    texts = [text for _, text in steps]
+    order = ["Hashing the slide", "Copying the slide", "Making the thumbnail", "Ready"]
+    assert [t for t in dict.fromkeys(texts)] == order
+    assert [f for f, _ in steps] == sorted(f for f, _ in steps) and steps[-1][0] == 1.0
+
+    from omnipath.slide import content_hash
+
+    assert result["slide_id"] == content_hash(synthetic_slide.path)
+    recorded = services.store.get_slide(result["slide_id"])
+    assert (recorded["width"], recorded["height"]) == (
+        synthetic_slide.width,
+        synthetic_slide.height,
+    )
+    assert recorded["file_name"] is None  # file names stay out unless the operator asks
+    assert Path(recorded["stored_path"]).parent == services.settings.uploads_dir
+    state = json.loads(result["viewer_state"])
+    assert state["dzi_url"] == f"/slides/{result['slide_id']}.dzi"
+    assert state["meta"]["l0_width"] == synthetic_slide.width
+    conversation = services.store.load_conversation(result["conversation_id"])
+    assert conversation["slide_id"] == result["slide_id"] and conversation["turns"] == []
+
+    again = handlers.upload_slide(services, synthetic_slide.path)
+    assert again["slide_id"] == result["slide_id"]
+    assert again["conversation_id"] != result["conversation_id"]  # a new slide upload, a new talk
+
+
+def test_too_large_upload_is_refused_before_anything_is_read(services, synthetic_slide) -> None:
+    small = replace_settings(services, max_upload_bytes=1024)
+    opened: list[Path] = []
+    small.web.registry._opener = lambda path: opened.append(path)  # must never be called
+    with pytest.raises(UploadTooLargeError, match="more than this server accepts"):
+        handlers.upload_slide(small, synthetic_slide.path)
+    assert opened == [] and not any(small.settings.uploads_dir.iterdir())
+
+
+def test_not_a_slide_is_refused_and_the_next_upload_works(
+    services, synthetic_slide, tmp_path
+) -> None:
+    notes = tmp_path / "notes.tiff"
+    notes.write_text("this is not a slide\n" * 50)
+    with pytest.raises(SlideError) as caught:
+        handlers.upload_slide(services, notes)
+    assert caught.value.message and "Traceback" not in caught.value.message
+    assert not any(services.settings.uploads_dir.iterdir())  # the copy was removed
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    with pytest.raises(SlideError):
+        handlers.upload_slide(services, empty)
+    assert handlers.upload_slide(services, synthetic_slide.path)["slide_id"]
+
+
+def test_two_turns_stream_log_and_carry_the_history(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    partial, final = _finish(
+        handlers.ask(services, conversation_id, "Where is the tumor?", OPTIONS)
+    )
+    assert final.done and final.turn_id and final.answer is not None
+    assert all(not u.done for u in partial)
+    assert [len(u.text) for u in partial] == sorted(len(u.text) for u in partial)
+    assert final.answer["text"] == (partial[-1].text if partial else "")
+    regions = final.layers["regions"]
+    assert [r["number"] for r in regions] == [1, 2, 3]
+    for region in regions:
+        rect = region["l0_rect"]
+        assert 0 <= rect["x"] and rect["x"] + rect["w"] <= uploaded["meta"]["l0_width"]
+
+    _, second = _finish(handlers.ask(services, conversation_id, "What grade is it?", OPTIONS))
+    assert second.done
+    calls = services.engine.calls
+    assert calls[0]["history"] == []
+    assert [m["role"] for m in calls[1]["history"]] == ["user", "assistant"]
+    assert calls[1]["history"][0]["content"] == "Where is the tumor?"
+
+    turns = services.store.load_conversation(conversation_id)["turns"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[1]["pgdfc_mode"] == "attention" and turns[1]["s"] == 3
+    assert len(turns[1]["regions"]) == 3 and turns[1]["model_id"] == "tiny"
+    assert turns[1]["timings"] and turns[1]["tokens"]["detail_patches"] == 3
+    messages = handlers.chat_messages(turns)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    json.dumps(second.to_dict())  # what gradio_client receives
+
+
+def test_bad_questions_and_ids_raise_typed_errors_and_log_nothing(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    with pytest.raises(OptionsError, match="empty"):
+        handlers.ask(services, conversation_id, "   ", OPTIONS)
+    with pytest.raises(NotFoundError):
+        handlers.ask(services, "0" * 32, "Where?", OPTIONS)
+    with pytest.raises(NotFoundError):
+        handlers.ask(services, "", "Where?", OPTIONS)
+    with pytest.raises(OptionsError, match="at least one detail patch"):
+        list(handlers.ask(services, conversation_id, "Where?", AnswerOptions(s=0)))
+    with pytest.raises(OptionsError, match="region"):
+        handlers.ask(services, conversation_id, "Where?", OPTIONS, region="{not json")
+    assert services.store.load_conversation(conversation_id)["turns"] == []
+    # and the conversation keeps working
+    assert _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))[1].done
+
+
+def test_region_goes_to_the_engine_and_into_the_log(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    region = json.dumps({"x": 100, "y": 200, "w": 800, "h": 600})
+    _finish(handlers.ask(services, conversation_id, "What is here?", OPTIONS, region=region))
+    assert services.engine.calls[-1]["l0_region"] == L0Rect(100, 200, 800, 600)
+    user_turn = services.store.load_conversation(conversation_id)["turns"][0]
+    assert user_turn["meta"]["l0_region"] == [100, 200, 800, 600]
+    assert "about the region" in handlers.chat_messages([user_turn])[0]["content"]
+
+
+def test_parse_region_clips_and_refuses() -> None:
+    assert handlers.parse_region("", 1000, 500) is None
+    assert handlers.parse_region(None, 1000, 500) is None
+    assert handlers.parse_region({"x": -50, "y": 400, "w": 100, "h": 300}, 1000, 500) == L0Rect(
+        0, 400, 50, 100
+    )
+    assert handlers.parse_region({"x": 300, "y": 300, "w": -100, "h": -100}, 1000, 500) == L0Rect(
+        200, 200, 100, 100
+    )
+    with pytest.raises(OptionsError, match="outside the slide"):
+        handlers.parse_region({"x": 2000, "y": 0, "w": 10, "h": 10}, 1000, 500)
+    with pytest.raises(OptionsError):
+        handlers.parse_region({"x": "a", "y": 0, "w": 10, "h": 10}, 1000, 500)
+
+
+def test_stop_keeps_the_text_so_far_and_logs_it_as_stopped(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    stop = threading.Event()
+    assert not handlers.stop_answer(services, conversation_id)  # nothing running yet
+    stream = handlers.ask(
+        services,
+        conversation_id,
+        "Describe everything.",
+        AnswerOptions(s=2, max_new_tokens=40),
+        stop=stop,
+    )
+    first = next(stream)
+    assert handlers.stop_answer(services, conversation_id)
+    assert stop.is_set()
+    final = list(stream)[-1]
+    assert final.done and final.answer["stopped"]
+    assert final.answer["tokens"]["generated"] < 40
+    assert final.answer["text"].startswith(first.text)
+    turn = services.store.load_conversation(conversation_id)["turns"][-1]
+    assert (
+        turn["meta"]["stopped"] is True
+        and "stopped" in handlers.chat_messages([turn])[0]["content"]
+    )
+    assert conversation_id not in services.stops
+
+
+def test_a_failing_model_is_logged_with_its_error_and_the_next_question_works(
+    services, uploaded, tiny_engine
+) -> None:
+    conversation_id = uploaded["conversation_id"]
+    real = services.engine
+    services.engine = FailingEngine(tiny_engine)
+    with pytest.raises(GenerationError, match="ran out of memory"):
+        list(handlers.ask(services, conversation_id, "Where?", OPTIONS))
+    turns = services.store.load_conversation(conversation_id)["turns"]
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    assert turns[1]["text"] == "partial " and "out of memory" in turns[1]["error"]
+    services.engine = real
+    assert _finish(handlers.ask(services, conversation_id, "Again?", OPTIONS))[1].done
+
+
+def test_retry_replaces_the_last_answer_and_undo_removes_the_exchange(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    with pytest.raises(OptionsError, match="no question"):
+        handlers.retry(services, conversation_id, OPTIONS)
+    _, first = _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))
+    _, again = _finish(handlers.retry(services, conversation_id, OPTIONS))
+    assert again.done and again.turn_id != first.turn_id
+    turns = services.store.load_conversation(conversation_id)["turns"]
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    assert turns[1]["id"] == again.turn_id
+    assert services.engine.calls[-1]["history"] == []  # the question is not its own history
+
+    result = handlers.undo(services, conversation_id)
+    assert result["question"] == "Where?" and result["messages"] == []
+    assert result["layers"] == handlers.empty_layers()
+    assert handlers.undo(services, conversation_id)["question"] is None
+
+
+def test_feedback_is_logged_on_answers_only(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))
+    assert handlers.feedback(services, conversation_id, 1, True) > 0
+    assert handlers.feedback(services, conversation_id, 1, False) > 0
+    turn = services.store.load_conversation(conversation_id)["turns"][1]
+    assert [f["value"] for f in turn["feedback"]] == ["like", "dislike"]
+    assert turn["liked"] == "dislike"
+    with pytest.raises(OptionsError):
+        handlers.feedback(services, conversation_id, 0, True)
+    with pytest.raises(NotFoundError):
+        handlers.feedback(services, conversation_id, 7, True)
+
+
+def test_reopen_restores_slide_turns_and_layers_in_a_fresh_server(
+    services, uploaded, tmp_path, tiny_engine
+) -> None:
+    conversation_id = uploaded["conversation_id"]
+    _, final = _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))
+    # a restarted server: new registry (nothing registered), same database
+    fresh = build_chat_services(
+        WebConfig(data_dir=services.settings.data_dir, sample_slide=False),
+        engine=services.engine,
+        store=services.store,
+        environ={},
+    )
+    assert not fresh.registry.is_registered(uploaded["slide_id"])
+    listed = handlers.list_conversations(fresh)
+    assert conversation_id in [c["id"] for c in listed]
+    restored = handlers.reopen_conversation(fresh, conversation_id)
+    assert restored["slide_id"] == uploaded["slide_id"]
+    assert [m["role"] for m in restored["messages"]] == ["user", "assistant"]
+    assert restored["layers"]["regions"] == final.layers["regions"]
+    state = json.loads(restored["viewer_state"])
+    assert state["layers"]["regions"] == final.layers["regions"]
+    assert fresh.web.tiles.meta(uploaded["slide_id"]).l0_width == uploaded["meta"]["l0_width"]
+    with pytest.raises(NotFoundError):
+        handlers.reopen_conversation(fresh, "f" * 32)
+    fresh.web.registry.close()
+
+
+def test_turn_layers_draw_masks_and_number_regions_by_rank() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    bitmap = np.zeros((4, 6), dtype=np.uint8)
+    bitmap[1:3, 2:5] = 255
+    png = io.BytesIO()
+    Image.fromarray(bitmap, "L").save(png, "PNG")
+    turn = {
+        "regions": [
+            {"rank": 2, "score": 0.1, "l0_rect": [10, 10, 5, 5]},
+            {"rank": 1, "score": 0.3, "l0_rect": [0, 0, 5, 5]},
+        ],
+        "boxes": [{"rel": [0, 0, 1, 1], "l0_rect": [1, 2, 3, 4], "label": "tumor"}],
+        "masks": [{"index": 0, "l0_rect": [0, 0, 60, 40], "label": None, "png": png.getvalue()}],
+    }
+    layers = handlers.turn_layers(turn)
+    assert [r["number"] for r in layers["regions"]] == [1, 2]
+    assert layers["regions"][0]["l0_rect"] == {"x": 0, "y": 0, "w": 5, "h": 5}
+    assert layers["boxes"] == [{"l0_rect": {"x": 1, "y": 2, "w": 3, "h": 4}, "label": "tumor"}]
+    src = layers["masks"][0]["src"]
+    assert src.startswith("data:image/png;base64,")
+    import base64
+
+    drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+    assert (drawn[..., 3] > 0).sum() == 6  # the 2×3 True pixels, the rest transparent
+
+
+def test_exports_json_geojson_and_html(services, uploaded, tmp_path) -> None:
+    conversation_id = uploaded["conversation_id"]
+    for question in ("Where?", "Which grade?"):
+        _finish(handlers.ask(services, conversation_id, question, OPTIONS))
+    folder = tmp_path / "exports"
+    logged = json.loads(
+        handlers.export_conversation(services, conversation_id, "json", folder).read_text()
+    )
+    assert len(logged["turns"]) == 4 and logged["conversation"]["id"] == conversation_id
+
+    geo = json.loads(
+        handlers.export_conversation(services, conversation_id, "geojson", folder).read_text()
+    )
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 6  # 3 regions × 2
+    width, height = uploaded["meta"]["l0_width"], uploaded["meta"]["l0_height"]
+    for feature in geo["features"]:
+        for x, y in feature["geometry"]["coordinates"][0]:
+            assert 0 <= x <= width and 0 <= y <= height
+
+    page = handlers.export_conversation(services, conversation_id, "html", folder).read_text()
+    assert page.count("data:image/jpeg;base64,") == 2  # one snapshot per answer
+    assert "Which grade?" in page and "Demonstration model" not in page  # banner wording
+    assert "demonstration model" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+
+    with pytest.raises(OptionsError, match="Export as one of"):
+        handlers.export_conversation(services, conversation_id, "pdf", folder)
+    with pytest.raises(NotFoundError):
+        handlers.export_conversation(services, "1" * 32, "json", folder)
