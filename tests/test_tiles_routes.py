@@ -298,3 +298,62 @@ def test_a_vendor_slide_with_an_icc_profile_is_served(tmp_path: Path) -> None:
     response = client.get(f"/slides/{slide_id}_files/9/0_0.jpeg")
     assert response.status_code == 200
     assert Image.open(io.BytesIO(response.content)).size == (255, 250)
+
+
+def test_a_tile_being_rendered_does_not_hold_up_other_requests(slides: list[Path]) -> None:
+    """Rendering runs in the threadpool: while one render is stuck, the event loop still
+    answers other requests (a blocking handler would deadlock this test until the timeout)."""
+    import http.client
+    import socket
+
+    import uvicorn
+
+    service = _service()
+    slide_id = service.registry.register(slides[0])
+    release, rendering = threading.Event(), threading.Event()
+    encode = service._encode
+
+    def stuck_encode(*args, **kwargs):
+        if not release.is_set():
+            rendering.set()
+            release.wait(60)
+        return encode(*args, **kwargs)
+
+    service._encode = stuck_encode
+    app = FastAPI()
+    app.include_router(tile_router(service))
+    app.add_middleware(TileCacheFastPath, service=service)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            threading.Event().wait(0.05)
+
+        def get(path: str) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", path)
+            status = connection.getresponse().status
+            connection.close()
+            return status
+
+        statuses: list[int] = []
+        blocked = threading.Thread(
+            target=lambda: statuses.append(get(f"/slides/{slide_id}_files/10/0_0.jpeg"))
+        )
+        blocked.start()
+        assert rendering.wait(30), "the first tile never started rendering"
+        assert get(f"/slides/{slide_id}.dzi") == 200  # answered while the render is stuck
+        assert get(f"/slides/{'0' * 64}.dzi") == 404
+        assert statuses == []  # the stuck request is indeed still waiting
+        release.set()
+        blocked.join(30)
+        assert statuses == [200]
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(30)
