@@ -170,6 +170,7 @@ class Slide:
         associated_images: dict[str, Image.Image],
         limits: SlideLimits,
         serialize_reads: bool,
+        handle: openslide.AbstractSlide | None = None,
     ) -> None:
         self.path = path
         self.info = info
@@ -177,7 +178,7 @@ class Slide:
         self.associated_images = associated_images
         self.limits = limits
         self._opener = opener
-        self._handle: openslide.AbstractSlide | None = opener()
+        self._handle: openslide.AbstractSlide | None = handle if handle is not None else opener()
         self._properties: Mapping[str, str] = dict(self._handle.properties)
         # Handles that failed: OpenSlide's errors are sticky, so a failed handle is replaced;
         # it is closed only at close(), when no thread can still be inside it.
@@ -441,6 +442,7 @@ def _open_with_openslide(
         raise DamagedSlideError(
             "The slide file is damaged: its structure cannot be read.", detail=str(error)
         ) from error
+    handed_over = False
     try:
         dims = tuple(tuple(int(v) for v in d) for d in osr.level_dimensions)
         l0_width, l0_height = dims[0]
@@ -468,11 +470,13 @@ def _open_with_openslide(
         except (OSError, openslide.OpenSlideError):
             icc = None
         associated: dict[str, Image.Image] = {}
+        handle_is_clean = True
         if expose_associated:
             for name in list(osr.associated_images):
                 try:
                     associated[name] = osr.associated_images[name].convert("RGB")
                 except openslide.OpenSlideError:
+                    handle_is_clean = False  # sticky: the Slide must open a fresh handle
                     continue
         info = SlideInfo(
             vendor=properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
@@ -486,22 +490,27 @@ def _open_with_openslide(
             objective_power=_objective_power(properties),
             has_icc=icc is not None,
         )
+        try:
+            slide = Slide(
+                path,
+                opener,
+                info,
+                icc_profile=icc,
+                associated_images=associated,
+                limits=limits,
+                serialize_reads=False,
+                handle=osr if handle_is_clean else None,
+            )
+        except openslide.OpenSlideError as error:
+            raise DamagedSlideError(
+                "The slide file is damaged: it could not be opened a second time.",
+                detail=str(error),
+            ) from error
+        handed_over = handle_is_clean
+        return slide
     finally:
-        osr.close()
-    try:
-        return Slide(
-            path,
-            opener,
-            info,
-            icc_profile=icc,
-            associated_images=associated,
-            limits=limits,
-            serialize_reads=False,
-        )
-    except openslide.OpenSlideError as error:
-        raise DamagedSlideError(
-            "The slide file is damaged: it could not be opened a second time.", detail=str(error)
-        ) from error
+        if not handed_over:
+            osr.close()
 
 
 def _bomb_message(error: Exception) -> str:
