@@ -54,14 +54,20 @@ def build_demo(config: WebConfig, services: WebServices | None = None) -> gr.Blo
     return demo
 
 
+def add_viewer_routes(app: FastAPI, services: WebServices) -> None:
+    """Everything the viewer needs from the server: the deep-zoom routes, the tile-cache fast
+    path and the viewer's JavaScript/CSS. Call before Gradio is mounted at "/"."""
+    app.include_router(tile_router(services.tiles))
+    app.add_middleware(TileCacheFastPath, service=services.tiles)
+    mount_viewer_assets(app)
+
+
 def create_app(config: WebConfig, services: WebServices | None = None) -> FastAPI:
     """The whole server: tile routes and viewer assets first, then Gradio mounted at "/"."""
     services = build_services(config) if services is None else services
     register_initial_slide(services, config)
     app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(tile_router(services.tiles))
-    app.add_middleware(TileCacheFastPath, service=services.tiles)
-    mount_viewer_assets(app)
+    add_viewer_routes(app, services)
     app.state.services = services
     demo = build_demo(config, services)
     return gr.mount_gradio_app(
