@@ -143,6 +143,27 @@ def test_a_slide_whose_file_was_removed_gets_404(tmp_path: Path) -> None:
     assert "no longer on the server" in response.json()["error"]
 
 
+def test_a_damaged_tile_is_a_readable_500_and_the_rest_of_the_slide_still_works(
+    tmp_path: Path,
+) -> None:
+    import tifffile
+
+    path = write_synthetic_slide(tmp_path / "damaged.tiff", 1000, 700, seed=1).path
+    with tifffile.TiffFile(path) as tiff:  # level 0, tile 5 = row 1, column 1 (256 px tiles)
+        offset, count = tiff.pages[0].dataoffsets[5], tiff.pages[0].databytecounts[5]
+    with open(path, "r+b") as file:
+        file.seek(offset + count // 3)
+        file.write(b"\0" * (count // 3))
+    service = _service()
+    slide_id = service.registry.register(path)
+    client = _client(service)
+    for _ in range(2):  # not cached, and the same answer each time
+        damaged = client.get(f"/slides/{slide_id}_files/10/1_1.jpeg")
+        assert damaged.status_code == 500
+        assert "damaged" in damaged.json()["error"] and "Traceback" not in damaged.text
+        assert client.get(f"/slides/{slide_id}_files/10/0_0.jpeg").status_code == 200
+
+
 def test_only_max_open_slides_stay_open(slides: list[Path]) -> None:
     service = _service(max_open=1)
     first, second = (service.registry.register(path) for path in slides)

@@ -171,10 +171,10 @@ class TileService:
                 image = dz.get_tile(dz_level, (dz_col, dz_row))
                 data = self._encode(image, source.to_srgb, fmt)
         except SlideError:
-            # OpenSlide errors are sticky: drop the handle so the next request reopens it.
-            self.registry.forget(slide_id)
+            # The slide layer already reopened its handle (OpenSlide errors are sticky); the
+            # other tiles keep working, and nothing is cached for this one.
             raise
-        except OpenSlideError as exc:  # raised by the deep-zoom generator's own reads
+        except OpenSlideError as exc:  # not translated by the slide layer: reopen to be safe
             self.registry.forget(slide_id)
             raise DamagedSlideError(
                 "Part of this slide could not be decoded; the file may be damaged.",
