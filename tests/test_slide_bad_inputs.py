@@ -6,6 +6,7 @@ import resource
 import shutil
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -146,6 +147,30 @@ def test_damaged_tile_is_reported_and_the_slide_recovers(small_tiff, tmp_path):
         with pytest.raises(DamagedSlideError):
             slide.read_l0_region(L0Rect(10, 10, 100, 100), (100, 100))
         assert slide.thumbnail(128).size == (128, 96)  # from an intact level
+
+
+def test_damaged_tile_does_not_break_concurrent_reads(small_tiff, tmp_path):
+    path = _damaged_copy(small_tiff, tmp_path / "damaged.tiff", tile_index=0)
+    bad = L0Rect(0, 0, 200, 200)
+    good = [L0Rect(300 + 40 * i, 300, 200, 200) for i in range(8)]
+    jobs = [bad if i % 4 == 0 else good[i % 8] for i in range(64)]
+
+    def read(rect):
+        try:
+            return np.asarray(slide.read_l0_region(rect, (200, 200)))
+        except DamagedSlideError:
+            return None
+
+    with open_slide(path) as slide:
+        expected = {rect: np.asarray(slide.read_l0_region(rect, (200, 200))) for rect in good}
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(read, jobs))
+        assert len(slide._idle) <= 8  # one handle per concurrent read at most
+    for rect, result in zip(jobs, results, strict=True):
+        if rect == bad:
+            assert result is None
+        else:
+            assert result is not None and np.array_equal(result, expected[rect])
 
 
 def test_damaged_tile_through_deepzoom(small_tiff, tmp_path):

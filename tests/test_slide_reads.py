@@ -140,14 +140,15 @@ def test_close_waits_for_reads_in_flight(synthetic_slide):
     opened = open_slide(synthetic_slide.path)
     started = threading.Event()
     release = threading.Event()
-    original = opened._handle.read_region
+    handle = opened._idle[0]
+    original = handle.read_region
 
     def slow_read(*args):
         started.set()
         release.wait(5)
         return original(*args)
 
-    opened._handle.read_region = slow_read
+    handle.read_region = slow_read
     results = []
     reader = threading.Thread(
         target=lambda: results.append(opened.read_l0_region(L0Rect(0, 0, 256, 256), (64, 64)))

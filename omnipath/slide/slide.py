@@ -48,6 +48,7 @@ from omnipath.slide.tissue import tissue_fraction
 PILLOW_FORMATS = ("PNG", "JPEG", "TIFF")
 MAX_PLAUSIBLE_MPP = 100.0  # µm/px; a 72-dpi TIFF claims 352 (a print size, not a microscope)
 THUMBNAIL_CACHE_SIZE = 4
+TILE_CACHE_BYTES = 64 * 1024 * 1024  # decoded tiles, shared by a slide's handles
 UNSUPPORTED_MESSAGE = (
     "This file is not a slide or image that OmniPath can read. It reads the whole-slide "
     "formats OpenSlide supports (Aperio, Hamamatsu, Leica, MIRAX as a .zip, Philips, "
@@ -178,11 +179,16 @@ class Slide:
         self.associated_images = associated_images
         self.limits = limits
         self._opener = opener
-        self._handle: openslide.AbstractSlide | None = handle if handle is not None else opener()
-        self._properties: Mapping[str, str] = dict(self._handle.properties)
-        # Handles that failed: OpenSlide's errors are sticky, so a failed handle is replaced;
-        # it is closed only at close(), when no thread can still be inside it.
-        self._retired: list[openslide.AbstractSlide] = []
+        # A pool of handles, each used by one read at a time. OpenSlide's errors are sticky
+        # (after one failed read every later call on that handle fails), so a handle whose
+        # read failed is closed and never returned to the pool: a damaged tile read by one
+        # thread cannot break the reads of the others. The handles share one tile cache.
+        self._tile_cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
+        first = handle if handle is not None else opener()
+        first.set_cache(self._tile_cache)
+        self._properties: Mapping[str, str] = dict(first.properties)
+        self._idle: list[openslide.AbstractSlide] = [first]
+        self._closed = False
         self._state = threading.Condition()
         self._reads_in_flight = 0
         # openslide's C library is thread-safe; Pillow images behind ImageSlide are not
@@ -214,64 +220,67 @@ class Slide:
 
     @property
     def closed(self) -> bool:
-        return self._handle is None
+        return self._closed
 
     def close(self) -> None:
         """Close the slide after the reads in flight finish. Idempotent."""
         with self._state:
             while self._reads_in_flight:
                 self._state.wait()
-            handles = [self._handle, *self._retired] if self._handle is not None else []
-            self._handle = None
-            self._retired = []
+            self._closed = True
+            handles, self._idle = self._idle, []
         for handle in handles:
-            if handle is not None:
-                handle.close()
+            handle.close()
 
-    def _begin_read(self) -> openslide.AbstractSlide:
+    def _checkout(self) -> openslide.AbstractSlide:
         with self._state:
-            if self._handle is None:
+            if self._closed:
                 raise SlideError("This slide has been closed; open it again to read it.")
             self._reads_in_flight += 1
-            return self._handle
+            if self._idle:
+                return self._idle.pop()
+        try:
+            fresh = self._opener()
+        except (openslide.OpenSlideError, OSError) as error:
+            self._checkin(None)
+            raise DamagedSlideError(
+                "The slide file can no longer be opened (was it changed or removed?).",
+                detail=str(error),
+            ) from error
+        fresh.set_cache(self._tile_cache)
+        return fresh
 
-    def _end_read(self) -> None:
+    def _checkin(self, handle: openslide.AbstractSlide | None) -> None:
+        """Return a healthy handle to the pool (None: the read's handle was discarded)."""
         with self._state:
+            if handle is not None:
+                self._idle.append(handle)
             self._reads_in_flight -= 1
             if not self._reads_in_flight:
                 self._state.notify_all()
-
-    def _replace_failed_handle(self, failed: openslide.AbstractSlide) -> None:
-        with self._state:
-            if self._handle is not failed:
-                return  # another thread already replaced it
-            try:
-                fresh = self._opener()
-            except (openslide.OpenSlideError, OSError):
-                return  # keep the failed one; the next read will try again
-            self._retired.append(failed)
-            self._handle = fresh
 
     def _read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> Image.Image:
         """openslide's read_region (RGBA, transparent outside the slide) with the error
         policy applied."""
-        handle = self._begin_read()
+        handle = self._checkout()
+        healthy: openslide.AbstractSlide | None = handle
         try:
             if self._read_lock is not None:
                 with self._read_lock:
                     return handle.read_region(location, level, size)
             return handle.read_region(location, level, size)
         except openslide.OpenSlideError as error:
-            self._replace_failed_handle(handle)
+            healthy = None
+            handle.close()  # sticky: useless now, and no other read holds it
             raise DamagedSlideError(
                 "Part of this slide cannot be decoded: the file has a damaged tile. Other "
                 "regions may still display.",
                 detail=f"read_region({location}, level {level}, {size}): {error}",
             ) from error
         finally:
-            self._end_read()
+            self._checkin(healthy)
 
     # --- public reads -----------------------------------------------------------------
 
