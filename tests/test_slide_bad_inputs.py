@@ -284,6 +284,9 @@ def test_region_read_over_the_limit(synthetic_slide):
         with pytest.raises(SlideTooLargeError, match="smaller region"):
             slide.read_l0_region(L0Rect(0, 0, 2048, 2048), (2048, 2048))
         assert slide.read_l0_region(L0Rect(0, 0, 2048, 2048), (512, 512)).size == (512, 512)
+        # The output itself is checked before it is allocated.
+        with pytest.raises(SlideTooLargeError, match="smaller output"):
+            slide.read_l0_region(L0Rect(0, 0, 16, 16), (100_000, 100_000))
 
 
 def test_reading_a_closed_slide(shared_fixtures):

@@ -300,6 +300,13 @@ class Slide:
         out_w, out_h = out_size
         if rect.w <= 0 or rect.h <= 0 or out_w <= 0 or out_h <= 0:
             raise ValueError(f"empty region {rect} or output size {out_size}")
+        if out_w * out_h > self.limits.max_read_pixels:
+            raise SlideTooLargeError(
+                f"An output of {out_w}×{out_h} pixels is more than the "
+                f"{self.limits.max_read_pixels / 1e6:.0f} million this server allows; ask "
+                "for a smaller output.",
+                detail=f"rect={rect} out={out_size}",
+            )
         canvas = Image.new("RGB", (out_w, out_h), (255, 255, 255))
         inside = rect.clip(self.l0_width, self.l0_height)
         if inside.w == 0 or inside.h == 0:
