@@ -416,6 +416,8 @@ def _from_pretrained(model_class: Any, folder: Path, plan: LoadPlan) -> nn.Modul
         "attn_implementation": plan.attn_implementation,
         "local_files_only": True,
     }
+    if plan.quantization == "8bit":
+        _quiet_int8_cast_warning()
     if plan.quantization is not None:
         config = model_class.config_class.from_pretrained(folder, local_files_only=True)
         skip = llm_only_skip_modules(model_class, config)
@@ -426,6 +428,21 @@ def _from_pretrained(model_class: Any, folder: Path, plan: LoadPlan) -> nn.Modul
         kwargs["device_map"] = {"": _device_map_target(plan.device)}
     model = model_class.from_pretrained(folder, **kwargs)
     return model.eval()
+
+
+class _DropInt8CastWarning(logging.Filter):
+    """bitsandbytes logs "MatMul8bitLt: inputs will be cast from X to float16" on EVERY 8-bit
+    matmul whose input is not float16 (always, for bfloat16 on a CPU): thousands of lines per
+    answer. The cast is expected here; drop just that message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _quiet_int8_cast_warning() -> None:
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropInt8CastWarning) for f in bnb_logger.filters):
+        bnb_logger.addFilter(_DropInt8CastWarning())
 
 
 def _device_map_target(device: str) -> str:
