@@ -29,9 +29,13 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want_sha" ]]; then
 fi
 
 # The viewer's JavaScript (OpenSeadragon) from the npm registry, pinned by the lock file.
+# Re-run npm ci when the lock file changed since the last install.
 if [[ -f web/viewer/package-lock.json ]]; then
-  if [[ ! -d web/viewer/node_modules/openseadragon ]]; then
+  npm_stamp=web/viewer/node_modules/.lock.sha256
+  lock_sha=$(sha256sum web/viewer/package-lock.json | cut -d' ' -f1)
+  if [[ ! -f "$npm_stamp" || "$(cat "$npm_stamp")" != "$lock_sha" ]]; then
     (cd web/viewer && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$lock_sha" > "$npm_stamp"
   fi
 fi
 
