@@ -143,17 +143,18 @@ def _resolve_hub_id(repo_id: str) -> ResolvedCheckpoint:
         )
     if hub_offline():
         raise ModelNotFoundError(
-            f"The model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-            "set, so it cannot be downloaded. Download it once on a machine with network access "
-            "(or unset HF_HUB_OFFLINE), or give the path of a local model folder."
+            f"'{repo_id}' is not a local folder nor in the local Hugging Face cache, and "
+            "HF_HUB_OFFLINE is set, so it cannot be downloaded. Download it once on a machine "
+            "with network access (or unset HF_HUB_OFFLINE), or give the path of a local model "
+            "folder."
         )
     endpoint = hub_endpoint()
     unreachable = probe_endpoint(endpoint)
     if unreachable is not None:
         raise ModelNotFoundError(
-            f"The model '{repo_id}' is not in the local cache and the hub at {endpoint} cannot be "
-            f"reached ({unreachable}). Check the network or HF_ENDPOINT, or give the path of a "
-            "local model folder.",
+            f"'{repo_id}' is not a local folder nor in the local Hugging Face cache, and the hub "
+            f"at {endpoint} cannot be reached ({unreachable}). Check the network or HF_ENDPOINT, "
+            "or give the path of a local model folder.",
             detail=unreachable,
         )
     folder = _download(repo_id, endpoint)
