@@ -1,0 +1,208 @@
+"""The chat in a real browser: Debian's chromium (headless) against the real server.
+
+Upload a generated slide through the page, draw a region on the viewer, ask, and check that
+the answer streams into the chat and its overlays (PGDFC regions numbered by rank) appear on
+the viewer, that a layer toggles and a click zooms. Saves artifacts/chat.png. Skips with the
+reason when chromium or OpenSeadragon is absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from web.viewer_component import OSD_BUILD_DIR
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
+        pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
+    import uvicorn
+
+    from storage import Store
+    from web.chat_app import create_chat_app
+    from web.chat_services import build_chat_services
+    from web.config import WebConfig
+
+    folder = tmp_path_factory.mktemp("chat_browser")
+    config = WebConfig(port=_free_port(), data_dir=folder / "data", sample_slide=False)
+    services = build_chat_services(config, store=Store(folder / "log.db"), environ={})
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_chat_app(config, services), host="127.0.0.1", port=config.port,
+            log_level="warning", timeout_graceful_shutdown=2,
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the app server did not start")
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{config.port}/", services
+    server.should_exit = True
+    thread.join(timeout=30)
+    services.web.registry.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed "
+            "(apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="omnipath-chromium-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,950",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_for(driver, script: str, timeout_s: float = 60) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+SLIDE_LOADED = (
+    "const v = window.omnipathViewer && window.omnipathViewer.viewer;"
+    "const item = v && v.world.getItemAt(0); return !!item && item.getFullyLoaded();"
+)
+
+
+def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from omnipath.slide import content_hash
+    from omnipath.synth import write_synthetic_slide
+
+    url, services = server
+    driver = browser
+    driver.get(url)
+    banner = _wait_for(
+        driver,
+        "const b = document.querySelector('#omnipath-model-banner'); return b && b.innerText;",
+    )
+    assert "tiny" in banner and "Demonstration model" in banner
+
+    slide = write_synthetic_slide(tmp_path / "case.tiff", 3000, 2000, seed=7).path
+    driver.find_element("css selector", "#omnipath-upload input[type=file]").send_keys(str(slide))
+    expected = f"/slides/{content_hash(slide)}.dzi"
+    _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{expected}';")
+    _wait_for(driver, SLIDE_LOADED)
+
+    # "Ask about a region": drag a rectangle on the slide.
+    driver.find_element("css selector", "#omnipath-region .oc-draw").click()
+    canvas = driver.find_element("css selector", ".ov-canvas")
+    size = canvas.size
+    ActionChains(driver).move_to_element_with_offset(
+        canvas, -size["width"] // 6, -size["height"] // 6
+    ).click_and_hold().move_by_offset(60, 40).move_by_offset(60, 40).release().perform()
+    label = _wait_for(
+        driver, "return document.querySelector('#omnipath-region .oc-region-label').textContent;"
+    )
+    assert "Next question is about the region" in label
+    assert (
+        driver.execute_script("return document.querySelectorAll('.oc-region-overlay').length") == 1
+    )
+
+    question = driver.find_element("css selector", "#omnipath-question textarea")
+    question.send_keys("Where is the lesion?")
+    driver.find_element("css selector", "#omnipath-ask").click()
+
+    # The answer's layers reach the viewer: 8 regions (S = 8), numbered 1..8 by rank.
+    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;", 120)
+    badges = driver.execute_script(
+        "return [...document.querySelectorAll('.ov-overlay-regions .ov-badge')].map(b => b.textContent);"
+    )
+    assert badges == [str(n) for n in range(1, 9)]
+    assert (
+        driver.execute_script(
+            "return document.querySelector('.ov-toggle-regions .ov-count').textContent;"
+        )
+        == "8"
+    )
+    messages = _wait_for(
+        driver,
+        'const m = document.querySelectorAll(\'#omnipath-chat .message-row, #omnipath-chat [data-testid="bot"], #omnipath-chat [data-testid="user"]\');'
+        "return m.length >= 2 ? m.length : null;",
+    )
+    assert messages >= 2
+    assert "about the region" in driver.find_element("css selector", "#omnipath-chat").text
+    # the question was logged with its region; the region tool was reset for the next question
+    conversation = services.store.list_conversations(limit=1)[0]
+    turns = services.store.load_conversation(conversation["id"])["turns"]
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    assert turns[0]["meta"]["l0_region"] and len(turns[1]["regions"]) == 8
+    _wait_for(
+        driver,
+        "return document.querySelector('#omnipath-region .oc-region-label').textContent.startsWith('No region');",
+    )
+
+    # A layer toggles; a click on a region zooms the viewer to it.
+    driver.find_element("css selector", ".ov-toggle-regions input").click()
+    assert driver.execute_script(
+        "return [...document.querySelectorAll('.ov-overlay-regions')].every(n => getComputedStyle(n).display === 'none');"
+    )
+    driver.find_element("css selector", ".ov-toggle-regions input").click()
+    zoom_before = driver.execute_script(
+        "return window.omnipathViewer.viewer.viewport.getZoom(true);"
+    )
+    first = driver.find_elements("css selector", ".ov-overlay-regions")[0]
+    ActionChains(driver).move_to_element(first).click().perform()
+    _wait_for(
+        driver,
+        f"const v = window.omnipathViewer.viewer; return v.viewport.getZoom(true) > {zoom_before} * 1.5"
+        " && v.viewport.getZoom(true) === v.viewport.getZoom(false);",
+    )
+
+    driver.execute_script("window.omnipathViewer.viewer.viewport.goHome(true);")
+    _wait_for(driver, SLIDE_LOADED)
+    artifacts = REPO / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(artifacts / "chat.png"))
