@@ -369,9 +369,22 @@ def detail_read_side(
     return int(max(16, min(side, l0_side)))
 
 
+# Detail reads run in parallel: the slide layer is thread-safe for reads and OpenSlide's
+# decoding releases the GIL, so S reads cost about S / cores reads.
+MAX_READ_THREADS = 8
+
+
 def read_detail_patches(slide: Any, rects: Sequence[L0Rect], out_side: int) -> torch.Tensor:
     """High-resolution reads through the slide layer → S×3×out_side×out_side float in [0, 1]."""
-    images = [slide.read_l0_region(rect, (out_side, out_side)) for rect in rects]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(rect: L0Rect) -> Image.Image:
+        return slide.read_l0_region(rect, (out_side, out_side))
+
+    if len(rects) <= 1:
+        return images_to_tensor([read(rect) for rect in rects])
+    with ThreadPoolExecutor(max_workers=min(MAX_READ_THREADS, len(rects))) as pool:
+        images = list(pool.map(read, rects))
     return images_to_tensor(images)
 
 

@@ -377,3 +377,56 @@ def test_engine_info(engine: Engine) -> None:
     info = engine.info
     assert info["model_id"] == "tiny" and info["device"] == "cpu" and info["demo"] is True
     assert info["dtype"] == "float32" and info["supports_masks"] is True
+
+
+def test_stock_llava_through_the_adapter_gets_pgdfc_and_no_masks(tiny: tuple, slide) -> None:
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    from omnipath.model.configuration import TINY_IMAGE_ID, TINY_VOCAB_SIZE
+    from omnipath.model.llava_adapter import LlavaAdapter
+
+    _, tokenizer = tiny
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=8,
+        projection_dim=16,
+    )
+    text = LlamaConfig(
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    llava = LlavaForConditionalGeneration(
+        LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=TINY_IMAGE_ID,
+            image_seq_length=64,
+        )
+    ).eval()
+    engine = Engine(
+        LlavaAdapter(llava), tokenizer, model_id="llava-tiny", revision="r1", demo=False
+    )
+    assert engine.info["supports_masks"] is False
+    deltas, answer = _run(engine, slide, s=3)
+    assert "".join(deltas) == answer.text and len(answer.regions) == 3
+    assert answer.revision == "r1" and answer.tokens["detail_patches"] == 3
+    for region in answer.regions:  # PGDFC reads tissue on LLaVA too, without training
+        assert region.l0_rect.x < TISSUE_RIGHT
+    _, worded = _run(engine, slide, s=3, l0_region=L0Rect(100, 100, 400, 300))
+    assert worded.tokens["prompt"] > answer.tokens["prompt"]  # the region, as words
