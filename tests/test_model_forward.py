@@ -236,3 +236,20 @@ def test_inputs_embeds_with_images_is_refused(model):
     ids = _prompt(model)
     with pytest.raises(ModelInputError, match="already merged"):
         model(inputs_embeds=model.embed_tokens(ids), images=torch.rand(1, 3, 128, 128))
+
+
+def test_counts_are_checked_per_sequence(model):
+    """Two sequences whose totals match but whose rows do not must be refused."""
+    cfg = model.config
+    bos, image = cfg.text_config.bos_token_id, cfg.image_token_id
+    row_a = _ids(model, (bos, 1), (image, 64 + 4), (10, 1))  # thumbnail + 1 detail patch
+    row_b = _ids(model, (bos, 1), (image, 64), (10, 5))
+    ids = torch.cat([row_a, row_b])
+    images = torch.rand(2, 3, 128, 128)
+    patch = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        model(input_ids=ids, images=images, detail_images=[patch, None])  # rows match
+        with pytest.raises(TokenCountError, match="Sequence 0 has 68 .* 64 image feature"):
+            model(input_ids=ids, images=images, detail_images=[None, patch])
+        with pytest.raises(ModelInputError, match="one per sequence"):
+            model(input_ids=ids, images=images[:1])

@@ -315,12 +315,19 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
             prefill = cache is None or cache.get_seq_length() == 0
             image_parts: list[torch.Tensor] = []
             if images is not None:
+                if images.shape[0] != input_ids.shape[0]:
+                    raise ModelInputError(
+                        f"images holds {images.shape[0]} thumbnails for a batch of "
+                        f"{input_ids.shape[0]} sequences (one per sequence)."
+                    )
                 thumb_tokens, feature_map = self.encode_images(images)
                 image_parts = list(thumb_tokens)
             if detail_images is not None:
                 image_parts = self._with_detail_tokens(
                     image_parts, detail_images, input_ids.shape[0], tokens_per_patch
                 )
+            if image_parts:
+                self._check_rows(input_ids, image_parts)
             mask_embeds = self.encode_masks(mask_maps) if mask_maps is not None else None
             if mask_embeds is not None and mask_input_positions is None:
                 mask_input_positions = self.mask_input_positions(input_ids, mask_embeds.shape[0])
@@ -403,13 +410,26 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
                 f"for a batch of {batch}."
             )
         per_patch = tokens_per_patch or self.config.pgdfc_config.tokens_per_patch
-        merged: list[torch.Tensor] = []
+        empty = self.projector.linear_2.weight.new_zeros((0, self.config.text_config.hidden_size))
+        per_row: list[torch.Tensor] = []
         for b, patches in enumerate(detail_images):
             parts = [image_parts[b]] if image_parts else []
             if patches is not None and patches.shape[0]:
                 parts.append(self.encode_detail_patches(patches, per_patch).flatten(0, 1))
-            merged.extend(parts)
-        return merged
+            per_row.append(torch.cat(parts) if parts else empty)
+        return per_row
+
+    def _check_rows(self, input_ids: torch.LongTensor, per_row: list[torch.Tensor]) -> None:
+        """Each sequence's image placeholders must match its own features (not only the
+        batch total, which would let one sample's features spill into another's text)."""
+        slots = (input_ids == self.config.image_token_id).sum(dim=1).tolist()
+        for b, (have, given) in enumerate(zip(slots, per_row, strict=True)):
+            if have != given.shape[0]:
+                raise TokenCountError(
+                    f"Sequence {b} has {have} image placeholder tokens but {given.shape[0]} "
+                    f"image feature vectors were given for it (thumbnail {self.num_image_tokens} "
+                    "tokens + detail patches × tokens_per_patch)."
+                )
 
     # --- generation -------------------------------------------------------------------
 
