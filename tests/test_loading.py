@@ -162,7 +162,7 @@ def test_attention_choice():
     # flash-attn has no float32 kernels
     assert choose_attn_implementation("auto", "cuda", fp32, flash_available=True) == "sdpa"
     assert choose_attn_implementation("eager", "cpu", fp32, flash_available=False) == "eager"
-    with pytest.raises(ModelLoadError, match="flash-attn is not installed"):
+    with pytest.raises(ModelLoadError, match="flash-attn is not installed or cannot be imported"):
         choose_attn_implementation("flash_attention_2", "cuda", fp16, flash_available=False)
     with pytest.raises(ModelLoadError, match="CUDA"):
         choose_attn_implementation("flash_attention_2", "cpu", fp32, flash_available=True)
@@ -173,6 +173,36 @@ def test_auto_attention_follows_flash_attn_importability(monkeypatch):
     assert choose_attn_implementation("auto", "cuda", torch.float16) == "flash_attention_2"
     monkeypatch.setattr(loading, "flash_attn_importable", lambda: False)
     assert choose_attn_implementation("auto", "cuda", torch.float16) == "sdpa"
+
+
+def test_a_flash_attn_that_fails_to_import_means_sdpa(monkeypatch):
+    """A wheel built for another torch: found by the package check, broken on import."""
+    import importlib
+    import importlib.util
+
+    import transformers.utils
+
+    real_import = importlib.import_module
+
+    def broken_import(name, *args, **kwargs):
+        if name == "flash_attn":
+            raise ImportError("undefined symbol: _ZN3c10...")
+        return real_import(name, *args, **kwargs)
+
+    real_find_spec = importlib.util.find_spec
+
+    def found(name, *args, **kwargs):
+        return object() if name == "flash_attn" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(loading.importlib.util, "find_spec", found)
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    monkeypatch.setattr(loading.importlib, "import_module", broken_import)
+    loading.flash_attn_importable.cache_clear()
+    try:
+        assert loading.flash_attn_importable() is False
+        assert choose_attn_implementation("auto", "cuda", torch.float16) == "sdpa"
+    finally:
+        loading.flash_attn_importable.cache_clear()
 
 
 # --- folders -------------------------------------------------------------------------------------

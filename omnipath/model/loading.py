@@ -207,9 +207,21 @@ def resolve_dtype(requested: str, device: str, quantization: str | None) -> torc
     return dtype
 
 
+@functools.lru_cache(maxsize=1)
 def flash_attn_importable() -> bool:
-    """Whether the flash-attn package is installed (found without importing it)."""
-    return importlib.util.find_spec("flash_attn") is not None
+    """Whether flash-attn 2 can be used: transformers' own check (package, version >= 2.3.3,
+    a CUDA torch), then a real import: a flash-attn wheel built for another torch is found by
+    the package check but fails to import, and must mean "use sdpa", not a failed load."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if importlib.util.find_spec("flash_attn") is None or not is_flash_attn_2_available():
+        return False
+    try:
+        importlib.import_module("flash_attn")
+    except Exception as error:  # ImportError, undefined CUDA symbols (OSError), ...
+        logger.warning("flash-attn is installed but cannot be imported (%s); using sdpa", error)
+        return False
+    return True
 
 
 def choose_attn_implementation(
@@ -217,22 +229,26 @@ def choose_attn_implementation(
 ) -> str:
     """For "auto": flash_attention_2 when flash-attn is importable, the device is CUDA and the
     dtype 16-bit (its only dtypes); sdpa otherwise. An explicit flash_attention_2 that cannot
-    run is a ModelLoadError."""
+    run is a ModelLoadError. `flash_available` overrides the import check (tests)."""
     if requested not in ATTN_IMPLEMENTATIONS:
         raise ModelLoadError(
             f"The attention implementation {requested!r} is not known; use one of "
             f"{', '.join(ATTN_IMPLEMENTATIONS)}."
         )
-    available = flash_attn_importable() if flash_available is None else flash_available
-    flash_possible = available and device.startswith("cuda") and dtype != torch.float32
+    if requested not in ("auto", "flash_attention_2"):
+        return requested
+    runnable_here = device.startswith("cuda") and dtype != torch.float32
+    # Only look for flash-attn where it could run (importing it costs time and GPU context).
+    available = runnable_here and (
+        flash_attn_importable() if flash_available is None else flash_available
+    )
     if requested == "auto":
-        return "flash_attention_2" if flash_possible else "sdpa"
-    if requested == "flash_attention_2" and not flash_possible:
-        reason = (
-            "flash-attn is not installed"
-            if not available
-            else "it needs a CUDA GPU and float16 or bfloat16"
-        )
+        return "flash_attention_2" if available else "sdpa"
+    if not available:
+        if not runnable_here:
+            reason = "it needs a CUDA GPU and float16 or bfloat16"
+        else:
+            reason = "flash-attn is not installed or cannot be imported"
         raise ModelLoadError(
             f"flash_attention_2 cannot be used here ({reason}); use 'auto' or 'sdpa'."
         )
