@@ -279,6 +279,11 @@ def test_missing_folder_is_model_not_found():
         load_model("./no/such/model-folder", CPU32)
 
 
+def test_empty_source_is_model_not_found():
+    with pytest.raises(ModelNotFoundError, match="No model was named"):
+        load_model("  ", CPU32)
+
+
 def test_folder_without_config_is_model_not_found(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         load_model(str(tmp_path), CPU32)

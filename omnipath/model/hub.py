@@ -108,6 +108,10 @@ def resolve_checkpoint(source: str) -> ResolvedCheckpoint:
     no such repository) or ModelLoadError (other hub failures), each with a sentence saying
     what to do.
     """
+    if not source.strip():
+        raise ModelNotFoundError(
+            "No model was named: give the path of a model folder or a hub id such as 'owner/name'."
+        )
     folder = Path(source).expanduser()
     if folder.is_dir():
         return _resolve_folder(folder, source)
