@@ -73,3 +73,29 @@ def test_auto_classes_load_a_saved_model(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), OmniPathConfig)
     model = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert isinstance(model, OmniPathForConditionalGeneration)
+
+
+def test_parts_missing_from_a_checkpoint_are_initialised_not_garbage(tmp_path):
+    """E.g. a checkpoint converted from LLaVA + UNI has no mask modules yet."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    OmniPathForConditionalGeneration(tiny_config()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = ("mask_decoder.", "mask_encoder.", "vision.uni.", "projector.")
+    kept = {k: v for k, v in weights.items() if not k.startswith(dropped)}
+    save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    model = OmniPathForConditionalGeneration.from_pretrained(tmp_path)
+    state = model.state_dict()
+    for key in kept:  # what the checkpoint holds is loaded as is
+        assert torch.equal(state[key], weights[key]), key
+    init_values = model.config.uni_config.init_values
+    assert torch.all(state["vision.uni.model.blocks.0.ls1.gamma"] == init_values)
+    assert torch.all(state["mask_encoder.resnet.bn1.running_var"] == 1)
+    linear = state["mask_decoder.decoder.transformer.layers.0.self_attn.q_proj.weight"]
+    assert 0.01 < linear.std() < 0.03
+    assert 0.01 < state["projector.linear_1.weight"].std() < 0.03
+    for key, value in state.items():
+        assert torch.isfinite(value.float()).all(), key
+        assert value.float().abs().max() < 100, key

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
@@ -70,11 +72,42 @@ class OmniPathPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
+    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # The towers, ResNet and SAM decoder keep the initialisation their libraries give them
-        # at construction (timm's LayerScale 1e-5, torchvision's Kaiming, ...); the transformers
-        # sub-models (SigLIP, the LM) initialise themselves through their own `_init_weights`.
-        return
+        """Initialise OmniPath's own parts the way their libraries do (timm ViT: truncated
+        normal 0.02, LayerScale `init_values`; torchvision ResNet: Kaiming fan-out; SAM's
+        Fourier features: N(0, 1)). transformers calls this at construction and, after
+        `from_pretrained`, for parameters missing from the checkpoint, so a checkpoint without
+        (say) the mask modules loads with sane weights, never uninitialised memory. SigLIP and
+        the LM are transformers models and initialise themselves."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif "LayerNorm" in type(module).__name__ and getattr(module, "weight", None) is not None:
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif type(module).__name__ == "LayerScale":
+            init.constant_(module.gamma, module.init_values)
+        elif isinstance(module, PositionEmbeddingRandom):
+            init.normal_(module.positional_encoding_gaussian_matrix)
+        if isinstance(getattr(module, "pos_embed", None), nn.Parameter):  # timm ViT
+            init.trunc_normal_(module.pos_embed, std=0.02)
+        if isinstance(getattr(module, "cls_token", None), nn.Parameter):
+            init.normal_(module.cls_token, std=1e-6)
 
 
 class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin):
