@@ -377,3 +377,18 @@ def test_exports_json_geojson_and_html(services, uploaded, tmp_path) -> None:
         handlers.export_conversation(services, conversation_id, "pdf", folder)
     with pytest.raises(NotFoundError):
         handlers.export_conversation(services, "1" * 32, "json", folder)
+
+
+def test_a_slide_opened_at_start_gets_recorded_when_its_first_conversation_starts(
+    services, synthetic_slide
+) -> None:
+    slide_id = services.registry.register(synthetic_slide.path)  # as --slide / the sample does
+    with pytest.raises(NotFoundError):
+        services.store.get_slide(slide_id)
+    conversation_id = handlers.new_conversation(services, slide_id)
+    recorded = services.store.get_slide(slide_id)
+    assert recorded["width"] == synthetic_slide.width
+    assert recorded["size_bytes"] == synthetic_slide.path.stat().st_size
+    assert _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))[1].done
+    with pytest.raises(NotFoundError):
+        handlers.new_conversation(services, "e" * 64)

@@ -52,8 +52,9 @@ _REGION_CSS = """
 _REGION_BIND = "\nwindow.omnipathChat.bindRegionControl(element, props, trigger, watch);\n"
 
 
-def _session() -> dict[str, Any]:
-    return {"conversation_id": None, "slide_id": None, "meta": None}
+def _session(slide_id: str | None = None, meta: dict | None = None) -> dict[str, Any]:
+    """Per-browser state: the open conversation and its slide (shown in the viewer)."""
+    return {"conversation_id": None, "slide_id": slide_id, "meta": meta}
 
 
 def banner_markdown(banner: dict[str, Any]) -> str:
@@ -130,13 +131,13 @@ def build_chat_demo(
     initial_id = chat.web.initial_slide_id
     download_dir = Path(tempfile.gettempdir()) / "omnipath-downloads"
 
+    initial_meta = chat.web.tiles.meta(initial_id).to_dict() if initial_id else None
     with gr.Blocks(title="OmniPath") as demo:
-        session = gr.State(_session())
+        session = gr.State(_session(initial_id, initial_meta))
         gr.Markdown("## OmniPath — ask about a whole-slide image")
         gr.Markdown(banner_markdown(chat.model_banner()), elem_id="omnipath-model-banner")
         with gr.Row():
             with gr.Column(scale=3):
-                initial_meta = chat.web.tiles.meta(initial_id).to_dict() if initial_id else None
                 viewer = build_viewer(viewer_state(initial_id, initial_meta))
                 region = _region_html(chat)
             with gr.Column(scale=2):
@@ -273,15 +274,18 @@ def build_chat_demo(
                 yield shown, (question_text if nothing_logged else ""), gr.skip(), gr.skip()
 
         def on_ask(question_text, state, region_value, mode_value, s_value, tokens, temp, messages):
-            conversation_id = state.get("conversation_id")
-            if not conversation_id:
+            if not state.get("slide_id"):
                 raise gr.Error("Upload a slide first; questions are about the slide in the viewer.")
             if not (question_text or "").strip():
                 raise gr.Error("The question is empty; type a question about the slide.")
             try:
                 options = _options(mode_value, s_value, tokens, temp)
+                if not state.get("conversation_id"):  # the slide opened at start
+                    conversation_id = handlers.new_conversation(chat, state["slide_id"])
+                    state = {**state, "conversation_id": conversation_id}
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
+            conversation_id = state["conversation_id"]
             pending = [*(messages or []), {"role": "user", "content": question_text.strip()}]
 
             def factory() -> Iterator[handlers.AskUpdate]:
@@ -289,7 +293,8 @@ def build_chat_demo(
                     chat, conversation_id, question_text, options, region=region_value
                 )
 
-            yield from run_answer(factory, state, pending, question_text)
+            for outputs in run_answer(factory, state, pending, question_text):
+                yield (*outputs, state)
 
         def on_retry(state, mode_value, s_value, tokens, temp, messages):
             conversation_id = state.get("conversation_id")
@@ -390,7 +395,7 @@ def build_chat_demo(
             temperature,
             chatbot,
         ]
-        answer_outputs = [chatbot, question, viewer, region]
+        answer_outputs = [chatbot, question, viewer, region, session]
         for trigger in (ask_button.click, question.submit):
             trigger(
                 on_ask,

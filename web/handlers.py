@@ -296,7 +296,18 @@ def reopen_conversation(services: ChatServices, conversation_id: str) -> dict[st
 
 
 def new_conversation(services: ChatServices, slide_id: str) -> str:
-    """A fresh conversation about an already uploaded slide."""
+    """A fresh conversation about a slide the server knows: an uploaded one, or one opened at
+    start (the sample slide, --slide), which is recorded in the log first."""
+    registry = services.registry
+    try:
+        services.store.get_slide(slide_id)
+    except NotFoundError:
+        path = registry.path_of(slide_id)  # NotFoundError when the server does not know it
+        with registry.lease(slide_id) as opened:
+            info = opened.slide.info
+        services.store.record_slide_info(
+            slide_id, info, size_bytes=path.stat().st_size, stored_path=path
+        )
     return services.store.start_conversation(slide_id, services.engine.info.get("model_id"))
 
 
