@@ -90,7 +90,12 @@ class Layout:
     """The tissue map and the lesions of one synthetic slide."""
 
     def __init__(
-        self, l0_width: int, l0_height: int, rng: np.random.Generator, n_lesions: int
+        self,
+        l0_width: int,
+        l0_height: int,
+        rng: np.random.Generator,
+        n_lesions: int,
+        stain_rng: np.random.Generator | None = None,
     ) -> None:
         self.l0_width = l0_width
         self.l0_height = l0_height
@@ -102,7 +107,23 @@ class Layout:
         map_h = math.ceil(l0_height / self.cell) + 1
         self.tissue_map = self._tissue_map(rng, map_w, map_h)
         self._map_image = Image.fromarray(self.tissue_map)
+        # The edge jitter moves the boundary by about amplitude / field gradient; the field
+        # changes per map cell, so big cells (big slides) need a smaller amplitude.
+        self.jitter_amplitude = JITTER_AMPLITUDE * min(1.0, 48.0 / self.cell)
         self.lesions = self._place_lesions(rng, n_lesions)
+        # Stain variation across the slide (a real slide is never evenly stained): smooth
+        # per-channel gains on optical density, which also hide the textures' period.
+        self._stain_images: list[Image.Image] = []
+        if stain_rng is not None:
+            side = max(map_w, map_h)
+            intensity = periodic_noise(stain_rng, side, side / 10.0)[:map_h, :map_w]
+            hue = periodic_noise(stain_rng, side, side / 8.0)[:map_h, :map_w]
+            gains = (
+                (1.0 + 0.10 * intensity) * (1.0 + 0.04 * hue),
+                1.0 + 0.10 * intensity,
+                (1.0 + 0.10 * intensity) * (1.0 - 0.04 * hue),
+            )
+            self._stain_images = [Image.fromarray(g.astype(np.float32)) for g in gains]
 
     @staticmethod
     def _tissue_map(rng: np.random.Generator, map_w: int, map_h: int) -> np.ndarray:
@@ -117,6 +138,21 @@ class Layout:
         threshold = np.quantile(noise[envelope >= 1.0], 0.5)
         return ((noise - threshold) - 3.0 * (1.0 - envelope)).astype(np.float32)
 
+    def stain_gains(
+        self, l0_x0: float, l0_y0: float, l0_step: float, cols: int, rows: int
+    ) -> np.ndarray | None:
+        """rows×cols×3 float32 optical-density gains (≈ 1 ± 0.1) per RGB channel at pixel
+        centres l0_x0 + (i + ½)·l0_step; None when the slide has no stain variation."""
+        if not self._stain_images:
+            return None
+        return np.stack(
+            [
+                self._interpolate(image, l0_x0, l0_y0, l0_step, cols, rows, 1.0)
+                for image in self._stain_images
+            ],
+            axis=-1,
+        )
+
     def tissue_field(
         self, l0_x0: float, l0_y0: float, l0_step: float, cols: int, rows: int
     ) -> np.ndarray:
@@ -126,11 +162,25 @@ class Layout:
         pixel-centre convention PIL's box resize uses, so this is plain bilinear interpolation
         when upsampling and an area filter when downsampling."""
         # Tiles at the right / bottom edge reach past the map (their pixels there are never
-        # shown): interpolate the part inside it and call the rest glass.
+        # shown): the part outside it is glass.
+        return self._interpolate(self._map_image, l0_x0, l0_y0, l0_step, cols, rows, -10.0)
+
+    def _interpolate(
+        self,
+        image: Image.Image,
+        l0_x0: float,
+        l0_y0: float,
+        l0_step: float,
+        cols: int,
+        rows: int,
+        outside: float,
+    ) -> np.ndarray:
+        """Bilinear (area when shrinking) samples of a map-grid image at pixel centres;
+        `outside` past the map's right / bottom edge."""
         map_h, map_w = self.tissue_map.shape
         cols_in = max(0, min(cols, math.floor((map_w * self.cell - l0_x0) / l0_step)))
         rows_in = max(0, min(rows, math.floor((map_h * self.cell - l0_y0) / l0_step)))
-        field = np.full((rows, cols), -10.0, dtype=np.float32)
+        field = np.full((rows, cols), outside, dtype=np.float32)
         if cols_in and rows_in:
             box = (
                 l0_x0 / self.cell,
@@ -138,7 +188,7 @@ class Layout:
                 min(map_w, (l0_x0 + cols_in * l0_step) / self.cell),
                 min(map_h, (l0_y0 + rows_in * l0_step) / self.cell),
             )
-            inside = self._map_image.resize((cols_in, rows_in), Image.Resampling.BILINEAR, box=box)
+            inside = image.resize((cols_in, rows_in), Image.Resampling.BILINEAR, box=box)
             field[:rows_in, :cols_in] = np.asarray(inside, dtype=np.float32)
         return field
 
@@ -156,7 +206,7 @@ class Layout:
         `jitter` (rows×cols, unit std) roughens the tissue edge; None leaves it smooth."""
         field = self.tissue_field(l0_x0, l0_y0, l0_step, cols, rows)
         if jitter is not None:
-            field = field + JITTER_AMPLITUDE * jitter
+            field = field + self.jitter_amplitude * jitter
         labels = (field > 0).astype(np.uint8)
         l0_x1 = l0_x0 + cols * l0_step
         l0_y1 = l0_y0 + rows * l0_step

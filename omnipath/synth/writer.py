@@ -37,6 +37,9 @@ from omnipath.synth.texture import (
 )
 
 MASK_MAX_SIDE = 2048
+BACKGROUND_TEXTURE = 0
+# ln(I / 255) for every 8-bit intensity (0 taken as 0.5 so the log stays finite).
+_LOG_INTENSITY = np.log(np.maximum(np.arange(256, dtype=np.float32), 0.5) / 255.0)
 COMPRESSIONS = ("jpeg", "deflate")
 
 
@@ -181,7 +184,29 @@ class _TileRenderer:
         self.compression = compression
         self.quality = quality
         self.tile_size = tile_size
-        self.cache: dict[tuple[int, int, int, int], bytes] = {}
+        self.cache: dict[tuple[int, int, int], bytes] = {}
+
+    def stained(self, tile: np.ndarray, level: int, x0: int, y0: int) -> np.ndarray:
+        """Apply the slide's stain variation: I' = 255·(I/255)^gain per channel, i.e. the
+        optical density scaled by a smooth gain field (in level-0 coordinates, so every
+        level agrees)."""
+        downsample = 2**level
+        ts = self.tile_size
+        coarse = self.layout.stain_gains(
+            x0 * downsample, y0 * downsample, downsample * ts / 4, 4, 4
+        )
+        if coarse is None:
+            return tile
+        if float((coarse.max(axis=(0, 1)) - coarse.min(axis=(0, 1))).max()) < 0.004:
+            # Nearly constant over the tile (most tiles of the finer levels): one lookup
+            # table per channel instead of an exp per pixel.
+            out = np.empty_like(tile)
+            for channel, gain in enumerate(coarse.mean(axis=(0, 1))):
+                table = (np.exp(gain * _LOG_INTENSITY) * 255.0 + 0.5).astype(np.uint8)
+                out[..., channel] = table[tile[..., channel]]
+            return out
+        gains = self.layout.stain_gains(x0 * downsample, y0 * downsample, downsample, ts, ts)
+        return (np.exp(gains * _LOG_INTENSITY[tile]) * 255.0 + 0.5).astype(np.uint8)
 
     def encode(self, tile: np.ndarray) -> bytes:
         if self.compression == "jpeg":
@@ -209,10 +234,14 @@ class _TileRenderer:
         first = int(coarse.flat[0])
         if (coarse == first).all():
             texture_index = int(self.label_texture[first])
-            key = (level, texture_index, wrap_x, wrap_y)
+            crop = level_tex.textures[texture_index][wrap_y : wrap_y + ts, wrap_x : wrap_x + ts]
+            if texture_index != BACKGROUND_TEXTURE:
+                return self.encode(self.stained(crop, level, x0, y0))
+            # Glass barely absorbs, so stain variation cannot show on it: its tiles repeat
+            # exactly and are encoded once.
+            key = (level, wrap_x, wrap_y)
             encoded = self.cache.get(key)
             if encoded is None:
-                crop = level_tex.textures[texture_index][wrap_y : wrap_y + ts, wrap_x : wrap_x + ts]
                 encoded = self.encode(crop)
                 self.cache[key] = encoded
             return encoded
@@ -222,7 +251,7 @@ class _TileRenderer:
             texture = level_tex.textures[int(self.label_texture[label])]
             where = labels == label
             tile[where] = texture[wrap_y : wrap_y + ts, wrap_x : wrap_x + ts][where]
-        return self.encode(tile)
+        return self.encode(self.stained(tile, level, x0, y0))
 
 
 def _tiles_in_order(
@@ -282,8 +311,14 @@ def write_synthetic_slide(
     if n_lesions < 0 or n_lesions > 250:
         raise ValueError(f"n_lesions must be in 0..250, got {n_lesions}")
     path = Path(path)
-    streams = np.random.SeedSequence(seed).spawn(3)
-    layout = Layout(width, height, np.random.default_rng(streams[0]), n_lesions)
+    streams = np.random.SeedSequence(seed).spawn(4)
+    layout = Layout(
+        width,
+        height,
+        np.random.default_rng(streams[0]),
+        n_lesions,
+        stain_rng=np.random.default_rng(streams[3]),
+    )
 
     # Texture period: a power of two, ≥ 2 tiles; bigger for big slides (less repetition).
     period = 512 if max(width, height) <= 2048 else 1024 if max(width, height) <= 16384 else 2048
@@ -315,7 +350,7 @@ def write_synthetic_slide(
             lesion_texture_index[key] = len(textures)
             textures.append(rgb)
         label_texture.append(lesion_texture_index[key])
-    jitter0 = periodic_noise(np.random.default_rng(streams[2]), period, 12.0 * px_per_um)
+    jitter0 = periodic_noise(np.random.default_rng(streams[2]), period, 20.0 * px_per_um)
 
     dims = _pyramid_dimensions(width, height, tile_size)
     objective_power = round(10.0 / mpp, 2)
