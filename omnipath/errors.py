@@ -68,6 +68,14 @@ class CapabilityError(OmniPathError):
 # --- answering ------------------------------------------------------------------
 
 
+class ModelInputError(OmniPathError, ValueError):
+    """A tensor handed to the model has the wrong shape, range or count."""
+
+
+class TokenCountError(ModelInputError):
+    """Placeholder tokens in the text do not match the features provided for them."""
+
+
 class OptionsError(OmniPathError):
     """An answer option is out of range or inconsistent."""
 

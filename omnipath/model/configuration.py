@@ -24,15 +24,7 @@ import math
 from transformers import AutoConfig, LlamaConfig, PreTrainedConfig, SiglipVisionConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from omnipath.errors import OmniPathError
-
-
-class ModelInputError(OmniPathError, ValueError):
-    """A tensor handed to the model has the wrong shape, range or count."""
-
-
-class TokenCountError(ModelInputError):
-    """Placeholder tokens in the text do not match the features provided for them."""
+from omnipath.errors import ModelInputError, TokenCountError  # noqa: F401  (re-exported)
 
 
 class OmniPathUniConfig(PreTrainedConfig):
