@@ -24,6 +24,7 @@ import json
 import math
 import random
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     progress: bool = True
+    time_limit_s: float | None = None  # stop (and save) after this much training time
     extra: dict = field(default_factory=dict)  # free-form notes saved with the run
 
     def validate(self) -> None:
@@ -343,6 +345,7 @@ def train(
     last_checkpoint = checkpoints[-1] if checkpoints else None
     step_total = step_lm = step_mask = 0.0
     micro = 0
+    started = time.monotonic()
     while state["step"] < total_steps:
         sampler.set_epoch(state["epoch"])
         epoch_loader = accelerator.skip_first_batches(loader, state["batch_in_epoch"])
@@ -382,7 +385,10 @@ def train(
                     mask=f"{state['mask'][-1]:.3f}",
                     lr=f"{scheduler.get_last_lr()[0]:.2e}",
                 )
-            done = state["step"] >= total_steps
+            out_of_time = (
+                config.time_limit_s is not None and time.monotonic() - started > config.time_limit_s
+            )
+            done = state["step"] >= total_steps or out_of_time
             if done or state["step"] % config.save_every == 0:
                 last_checkpoint = _save_checkpoint(
                     accelerator, model, tokenizer, optimizer, scheduler, state, config
@@ -392,6 +398,9 @@ def train(
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+            continue
+        if out_of_time:
+            break
     bar.close()
     model.eval()
     return TrainResult(

@@ -1,0 +1,32 @@
+"""omnipath-mini: its configuration, and (slow) the shipped weights load offline and answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from omnipath.mini.model import DEFAULT_WEIGHTS_DIR, load_mini, mini_config
+from omnipath.model import smollm2_135m_text_config
+
+
+def test_mini_config_has_the_embedded_model_shapes():
+    config = mini_config(smollm2_135m_text_config(49154), image_token_id=49152, mask_token_id=49153)
+    assert config.num_image_tokens == 64
+    assert config.resolved_thumb_side == 128
+    assert config.pgdfc_config.tokens_per_patch == 4
+    assert config.text_config.hidden_size == 576
+
+
+def test_missing_weights_are_a_clear_error(tmp_path):
+    from omnipath.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="python -m omnipath.mini.train"):
+        load_mini(tmp_path)
+
+
+@pytest.mark.slow
+def test_shipped_weights_fit_in_50_mb():
+    if not (DEFAULT_WEIGHTS_DIR / "adapter_model.safetensors").is_file():
+        pytest.skip("omnipath-mini weights are not in this checkout")
+    total = sum(p.stat().st_size for p in DEFAULT_WEIGHTS_DIR.iterdir() if p.is_file())
+    assert total <= 50 * 1024 * 1024
+    assert "not a diagnostic tool" in (DEFAULT_WEIGHTS_DIR / "README.md").read_text()
