@@ -73,7 +73,7 @@ def test_images_outside_the_allow_list(tmp_path, fmt):
         open_slide(path)
 
 
-@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.9])
+@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.9, 0.999])
 def test_truncated_tiff(small_tiff, tmp_path, fraction):
     data = small_tiff.read_bytes()
     path = tmp_path / "cut.tiff"
