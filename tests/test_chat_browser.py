@@ -206,3 +206,115 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
     artifacts = REPO / "artifacts"
     artifacts.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(artifacts / "chat.png"))
+
+
+@pytest.fixture(scope="module")
+def server_with_slide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
+    """A server that opens a slide at start (as --slide or the sample slide do)."""
+    if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
+        pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
+    import uvicorn
+
+    from omnipath.synth import write_synthetic_slide
+    from storage import Store
+    from web.chat_app import create_chat_app
+    from web.chat_services import build_chat_services
+    from web.config import WebConfig
+    from web.services import build_services, register_initial_slide
+
+    folder = tmp_path_factory.mktemp("chat_browser_start")
+    first = write_synthetic_slide(folder / "first.tiff", 2400, 1600, seed=8).path
+    config = WebConfig(port=_free_port(), data_dir=folder / "data", slide=first, sample_slide=False)
+    web = build_services(config)
+    register_initial_slide(web, config)
+    services = build_chat_services(config, web=web, store=Store(folder / "log.db"), environ={})
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_chat_app(config, services), host="127.0.0.1", port=config.port,
+            log_level="warning", timeout_graceful_shutdown=2,
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the app server did not start")
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{config.port}/", services
+    server.should_exit = True
+    thread.join(timeout=30)
+    services.web.registry.close()
+
+
+def _ask_in_page(driver, services, text: str, turns: int) -> None:
+    """Ask through the page; return once the answer is logged (`turns` turns in the newest
+    conversation) and its 8 regions are on the viewer."""
+    question = driver.find_element("css selector", "#omnipath-question textarea")
+    question.clear()
+    question.send_keys(text)
+    driver.find_element("css selector", "#omnipath-ask").click()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        newest = services.store.list_conversations(limit=1)
+        if newest and newest[0]["turn_count"] == turns:
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError(f"the answer to {text!r} was not logged")
+    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
+
+
+def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from omnipath.synth import write_synthetic_slide
+
+    url, services = server_with_slide
+    driver = browser
+    driver.get(url)
+    first_url = _wait_for(
+        driver, "const v = window.omnipathViewer; return v && v.instance && v.instance.dziUrl;"
+    )
+    _wait_for(driver, SLIDE_LOADED)
+
+    # Ask about the slide opened at start: no upload needed.
+    _ask_in_page(driver, services, "Where is the lesion?", 2)
+    _ask_in_page(driver, services, "And the grade?", 4)
+    _wait_for(
+        driver,
+        "return document.querySelector('#omnipath-chat').innerText.includes('And the grade?');",
+    )
+    first_conversation = services.store.list_conversations(limit=1)[0]["id"]
+    assert len(services.store.load_conversation(first_conversation)["turns"]) == 4
+
+    # Undo: the last exchange goes, its question returns to the box.
+    driver.find_element("css selector", "#omnipath-undo").click()
+    _wait_for(
+        driver,
+        "return document.querySelector('#omnipath-question textarea').value === 'And the grade?';",
+    )
+    assert len(services.store.load_conversation(first_conversation)["turns"]) == 2
+    assert "And the grade?" not in driver.find_element("css selector", "#omnipath-chat").text
+
+    # A new slide: a new conversation, the chat starts empty, no overlays.
+    second = write_synthetic_slide(tmp_path / "second.tiff", 1800, 1200, seed=9).path
+    driver.find_element("css selector", "#omnipath-upload input[type=file]").send_keys(str(second))
+    _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl !== '{first_url}';")
+    _wait_for(driver, SLIDE_LOADED)
+    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 0;")
+    assert "Where is the lesion?" not in driver.find_element("css selector", "#omnipath-chat").text
+
+    # Reopen the first conversation from the list: its slide, turns and overlays come back.
+    driver.find_element(By.XPATH, "//button[contains(., 'Conversations')]").click()
+    dropdown = _wait_for(driver, "return document.querySelector('#omnipath-conversations input');")
+    dropdown.click()
+    option = _wait_for(
+        driver,
+        "return [...document.querySelectorAll('#omnipath-conversations li, ul.options li')]"
+        ".find(li => li.textContent.includes('Where is the lesion?'));",
+    )
+    option.click()
+    _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{first_url}';")
+    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
+    assert "Where is the lesion?" in driver.find_element("css selector", "#omnipath-chat").text
