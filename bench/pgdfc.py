@@ -5,9 +5,9 @@
                                     [--exhaustive-sample 96]
 
 On a synthetic slide of at least 60k × 40k pixels (omnipath.synth, generated once into the
-cache dir and reused, the same file bench/tiles.py uses), with `tiny` and with a ~100M
-parameter configuration (random weights: latency does not depend on what the weights say),
-one run prints:
+cache dir and reused, the same file bench/tiles.py uses), with `tiny` and with the ~100M
+parameter preset `small_config()` (random weights: latency does not depend on what the
+weights say), one run prints:
 
 - end-to-end `Engine.answer` latency, median of --repeats, for PGDFC (S = 8), thumbnail-only
   (pgdfc_mode="off") and exhaustive, cold (first question on the slide: a freshly opened slide
@@ -77,55 +77,15 @@ def ensure_slide(cache_dir: Path, width: int, height: int, seed: int) -> Path:
     return final
 
 
-def config_100m():
-    """~100M parameters: SmolLM2-135M's Llama shapes cut to 24 layers (GQA 9/3 heads, hidden
-    576) over the tiny tokenizer's vocabulary, small SigLIP/UNI towers (384 wide, 6 layers,
-    224 px → 16×16 = 256 image tokens, scales 1 and 2 → 448 px thumbnails), P = 25 tokens per
-    detail patch (p/g = 5/16, close to the paper's 9/27)."""
-    from transformers import SiglipVisionConfig
-
-    from omnipath.model import tiny_config
-    from omnipath.model.configuration import (
-        OmniPathConfig,
-        OmniPathPgdfcConfig,
-        OmniPathUniConfig,
-        smollm2_135m_text_config,
-    )
-
-    tiny = tiny_config()
-    text = smollm2_135m_text_config(vocab_size=tiny.text_config.vocab_size)
-    text.num_hidden_layers = 24
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(text, name, getattr(tiny.text_config, name))
-    vision = SiglipVisionConfig(
-        hidden_size=384,
-        intermediate_size=1536,
-        num_hidden_layers=6,
-        num_attention_heads=6,
-        image_size=224,
-        patch_size=14,
-        vision_use_head=False,
-    )
-    uni = OmniPathUniConfig(
-        image_size=224, patch_size=16, embed_dim=384, depth=6, num_heads=6, mlp_ratio=4.0
-    )
-    return OmniPathConfig(
-        vision_config=vision,
-        uni_config=uni,
-        text_config=text,
-        mask_config=tiny.mask_config,
-        pgdfc_config=OmniPathPgdfcConfig(tokens_per_patch=25),
-        scale_factors=[1, 2],
-        image_token_id=tiny.image_token_id,
-        mask_token_id=tiny.mask_token_id,
-    )
-
-
 def build(name: str):
     from omnipath.model import OmniPathForConditionalGeneration, build_tiny_tokenizer, tiny_config
+    from omnipath.model.configuration import small_config
 
+    presets = {"tiny": tiny_config, "100m": small_config}  # small_config: the ~100M preset
+    if name not in presets:
+        raise SystemExit(f"unknown config {name!r}; choose from {', '.join(presets)}")
     torch.manual_seed(0)
-    config = tiny_config() if name == "tiny" else config_100m()
+    config = presets[name]()
     model = OmniPathForConditionalGeneration(config).eval()
     if torch.cuda.is_available():
         model = model.cuda()

@@ -278,7 +278,8 @@ def test_stop_event_and_timeout(engine: Engine, slide) -> None:
     assert answer.stopped and answer.tokens["generated"] < 40
     assert len(items) <= 3
     _, late = _run(engine, slide, max_new_tokens=40, timeout_s=1e-6)
-    assert late.timed_out and late.text == ""
+    assert late.timed_out and late.text == "" and late.tokens["generated"] == 0
+    assert late.tokens["prompt"] == 0 and "detail_patches" in late.tokens
 
 
 def test_masks_and_boxes_from_the_generated_text(engine: Engine, slide, monkeypatch) -> None:

@@ -41,6 +41,20 @@ from omnipath.errors import CapabilityError, DeviceOutOfMemoryError, OptionsErro
 log = logging.getLogger(__name__)
 
 STAGES = ("thumbnail", "vision", "probe", "detail_read", "detail_encode", "prefill", "decode")
+# Answer.tokens: prompt (all input tokens), thumbnail (N image tokens), detail (detail blocks:
+# image tokens + position texts), detail_patches (kept), detail_patches_dropped (budget),
+# generated, masks (generated <mask> tokens), history_messages, thumbnail_cached (0/1).
+TOKEN_COUNTS = (
+    "prompt",
+    "thumbnail",
+    "detail",
+    "detail_patches",
+    "detail_patches_dropped",
+    "generated",
+    "masks",
+    "history_messages",
+    "thumbnail_cached",
+)
 MAX_QUESTION_CHARS = 8000
 
 
@@ -242,7 +256,7 @@ class Engine:
         start = time.perf_counter()
         deadline = start + options.timeout_s
         timings = dict.fromkeys(STAGES, 0.0)
-        tokens: dict[str, int] = {}
+        tokens = dict.fromkeys(TOKEN_COUNTS, 0)
         answer = Answer(text="", model_id=self.model_id, revision=self.revision)
         answer.timings, answer.tokens = timings, tokens
 
