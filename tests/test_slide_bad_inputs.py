@@ -305,3 +305,46 @@ def test_errors_never_name_the_file(tmp_path):
     with pytest.raises(UnsupportedSlideError) as caught:
         open_slide(path)
     assert "Doe" not in caught.value.message
+
+
+def _mutations(data: bytes, rng: np.random.Generator, count: int):
+    """Cut, sprinkled and overwritten copies of a file's bytes."""
+    for trial in range(count):
+        buffer = bytearray(data)
+        if trial % 3 == 0:
+            buffer = buffer[: int(rng.integers(1, len(buffer)))]
+        elif trial % 3 == 1:
+            for _ in range(int(rng.integers(1, 20))):
+                buffer[int(rng.integers(0, len(buffer)))] = int(rng.integers(0, 256))
+        else:
+            start = int(rng.integers(0, len(buffer)))
+            end = min(len(buffer), start + int(rng.integers(1, 200)))
+            buffer[start:end] = rng.integers(0, 256, end - start).astype(np.uint8).tobytes()
+        yield bytes(buffer)
+
+
+def test_mangled_files_raise_only_slide_errors(shared_fixtures, small_tiff, tmp_path):
+    """Whatever happens to the bytes, opening and reading either works or raises a
+    SlideError with a message: never another exception type."""
+    sources = {
+        name: (shared_fixtures / name).read_bytes()
+        for name in ("small.svs", "boxes.tiff", "boxes_0.dcm", "boxes.png")
+    }
+    sources["small.tiff"] = small_tiff.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"opened": 0, "refused": 0}
+    for name, data in sources.items():
+        for index, mangled in enumerate(_mutations(data, rng, 24)):
+            path = tmp_path / f"{index}_{name}"
+            path.write_bytes(mangled)
+            try:
+                with open_slide(path) as slide:
+                    slide.thumbnail(64)
+                    slide.read_l0_region(L0Rect(0, 0, slide.l0_width, slide.l0_height), (40, 30))
+                    generator = slide.deepzoom()
+                    generator.get_tile(generator.level_count - 1, (0, 0))
+                outcomes["opened"] += 1
+            except SlideError as error:
+                assert error.message and error.message[0].isupper()
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["opened"] > 0

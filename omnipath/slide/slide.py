@@ -16,6 +16,7 @@ they can identify patients):
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import openslide
 from openslide.deepzoom import DeepZoomGenerator
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from omnipath.coords import L0Rect
 from omnipath.errors import (
@@ -93,6 +94,34 @@ def _positive_float(value: str | None, upper: float | None = None) -> float | No
     if upper is not None and number > upper:
         return None
     return number
+
+
+def _readable_properties(osr: openslide.AbstractSlide) -> dict[str, str]:
+    """The slide's properties, skipping any whose value OpenSlide cannot return (damaged
+    metadata must not stop a slide from opening)."""
+    readable: dict[str, str] = {}
+    try:
+        names = list(osr.properties)
+    except (openslide.OpenSlideError, KeyError, UnicodeDecodeError):
+        return readable
+    for name in names:
+        try:
+            readable[name] = osr.properties[name]
+        except (openslide.OpenSlideError, KeyError, UnicodeDecodeError):
+            continue
+    return readable
+
+
+def _valid_icc(profile: bytes | None) -> bytes | None:
+    """The ICC profile if littleCMS can parse it, else None (a broken profile is ignored
+    rather than making every colour conversion downstream fail)."""
+    if not profile:
+        return None
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    except (OSError, ImageCms.PyCMSError, ValueError, TypeError):
+        return None
+    return bytes(profile)
 
 
 def _objective_power(properties: Mapping[str, str]) -> float | None:
@@ -186,7 +215,7 @@ class Slide:
         self._tile_cache = openslide.OpenSlideCache(TILE_CACHE_BYTES)
         first = handle if handle is not None else opener()
         first.set_cache(self._tile_cache)
-        self._properties: Mapping[str, str] = dict(first.properties)
+        self._properties: Mapping[str, str] = _readable_properties(first)
         self._idle: list[openslide.AbstractSlide] = [first]
         self._closed = False
         self._state = threading.Condition()
@@ -479,12 +508,12 @@ def _open_with_openslide(
                 "The slide file is damaged: its image data cannot be decoded.",
                 detail=str(error),
             ) from error
-        properties = osr.properties
+        properties = _readable_properties(osr)
         try:
             profile = osr.color_profile
             icc = profile.tobytes() if profile is not None else None
-        except (OSError, openslide.OpenSlideError):
-            icc = None
+        except (OSError, ImageCms.PyCMSError, openslide.OpenSlideError):
+            icc = None  # a broken profile is ignored, not fatal
         associated: dict[str, Image.Image] = {}
         handle_is_clean = True
         if expose_associated:
@@ -598,7 +627,7 @@ def _open_with_pillow(path: Path, container: str | None, limits: SlideLimits) ->
         if container == "tiff" and tiff_is_truncated(path):
             raise TruncatedSlideError(TRUNCATED_MESSAGE)
         image_format = image.format
-        icc = image.info.get("icc_profile")
+        icc = _valid_icc(image.info.get("icc_profile"))
         try:
             image.load()
             image = ImageOps.exif_transpose(image) or image
@@ -613,6 +642,7 @@ def _open_with_pillow(path: Path, container: str | None, limits: SlideLimits) ->
             raise DamagedSlideError(
                 "The image file is damaged: its pixels cannot be decoded.", detail=str(error)
             ) from error
+    rgb.info.pop("icc_profile", None)
     if icc:
         rgb.info["icc_profile"] = icc
     info = SlideInfo(
