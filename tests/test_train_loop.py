@@ -140,3 +140,15 @@ def test_saved_checkpoint_loads_and_answers(tmp_path):
         # the checkpoint answers exactly as the model that was trained, in the trained form
         assert torch.equal(out, reference)
         assert answer.strip().split(" <mask>")[0] in ANSWERS, answer
+
+
+def test_command_line_trains_tiny_and_resumes(tmp_path, capsys):
+    from omnipath.train.__main__ import main
+
+    data = _dataset(tmp_path)
+    args = ["--model", "tiny", "--data", str(data), "--output", str(tmp_path / "cli"), "--lr", "1e-3"]
+    main(args + ["--max-steps", "2", "--save-every", "1"])
+    assert "2 steps" in capsys.readouterr().out
+    main(args + ["--max-steps", "3"])  # continues from checkpoint 2
+    assert "3 steps" in capsys.readouterr().out
+    assert list_checkpoints(tmp_path / "cli")[-1].name == "checkpoint-0000003"
