@@ -184,6 +184,19 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
         "return document.querySelector('#omnipath-region .oc-region-label').textContent.startsWith('No region');",
     )
 
+    # Like the answer: the feedback is logged on the answer's turn.
+    like = _wait_for(
+        driver,
+        "return [...document.querySelectorAll('#omnipath-chat button')]"
+        ".find(b => (b.getAttribute('aria-label') || b.title || '') === 'Like');",
+    )
+    like.click()
+    deadline = time.monotonic() + 30
+    while not services.store.get_turn(turns[1]["id"])["feedback"]:
+        assert time.monotonic() < deadline, "the like was not logged"
+        time.sleep(0.25)
+    assert services.store.get_turn(turns[1]["id"])["liked"] == "like"
+
     # A layer toggles; a click on a region zooms the viewer to it.
     driver.find_element("css selector", ".ov-toggle-regions input").click()
     assert driver.execute_script(

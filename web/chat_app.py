@@ -503,17 +503,14 @@ def build_chat_demo(
 def create_chat_app(config: Any, services: ChatServices | None = None) -> FastAPI:
     """The whole server with the chat UI: the viewer's tile routes and assets, then the chat
     mounted at "/" (uploads above the limit are refused by Gradio before they are stored)."""
-    from web.tile_routes import TileCacheFastPath, tile_router
-    from web.viewer_component import mount_viewer_assets
+    from web.app import add_viewer_routes
 
     if services is None:
         web = build_services(config)
         register_initial_slide(web, config)
         services = build_chat_services(config, web=web)
     app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(tile_router(services.web.tiles))
-    app.add_middleware(TileCacheFastPath, service=services.web.tiles)
-    mount_viewer_assets(app)
+    add_viewer_routes(app, services.web)
     app.state.services = services.web
     app.state.chat_services = services
     demo = build_chat_demo(config, services)
