@@ -42,12 +42,25 @@
     return new OSD.Rect(Math.min(a.x, b.x), Math.min(a.y, b.y), Math.abs(a.x - b.x), Math.abs(a.y - b.y));
   }
 
+  let currentRect = null;
+
+  function keepAcrossRedraws(viewer) {
+    // The viewer clears every overlay when it redraws its layers; put the region back.
+    if (viewer.__omnipathRegionHook) return;
+    viewer.__omnipathRegionHook = true;
+    viewer.addHandler("clear-overlay", () => {
+      if (currentRect) setTimeout(() => showRegion(currentRect), 0);
+    });
+  }
+
   function showRegion(l0Rect) {
     const viewer = osd();
     if (regionNode && viewer) viewer.removeOverlay(regionNode);
     regionNode = null;
+    currentRect = l0Rect || null;
     const item = slideItem(viewer);
     if (!l0Rect || !item) return;
+    keepAcrossRedraws(viewer);
     regionNode = makeNode();
     viewer.addOverlay({
       element: regionNode,
