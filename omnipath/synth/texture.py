@@ -99,7 +99,7 @@ def _fibrous_eosin(rng: np.random.Generator, size: int, px_per_um: float) -> np.
     fibre = sum(w * f for w, f in zip(weights, fibres, strict=True))
     clefts = periodic_noise(rng, size, 6.0 * px_per_um, elongation=4.0, angle=rng.uniform(0, np.pi))
     eosin = 0.55 + 0.16 * fibre
-    eosin *= 0.35 + 0.65 * _smoothstep((clefts + 1.6) / 1.2)
+    eosin *= 0.5 + 0.5 * _smoothstep((clefts + 1.6) / 1.2)
     return np.clip(eosin, 0.0, 1.2).astype(np.float32)
 
 

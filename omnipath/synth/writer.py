@@ -38,8 +38,22 @@ from omnipath.synth.texture import (
 
 MASK_MAX_SIDE = 2048
 BACKGROUND_TEXTURE = 0
+MOTTLE_AMPLITUDE = 0.12  # relative stain gain of the mid-scale mottle
+GAIN_MIN, GAIN_MAX, GAIN_STEPS = 0.5, 1.5, 201  # quantized optical-density gains
 # ln(I / 255) for every 8-bit intensity (0 taken as 0.5 so the log stays finite).
 _LOG_INTENSITY = np.log(np.maximum(np.arange(256, dtype=np.float32), 0.5) / 255.0)
+# _GAIN_TABLE[step * 256 + I] = 255·(I/255)^gain(step): the stained intensity.
+_GAIN_TABLE = (
+    (
+        np.exp(
+            np.linspace(GAIN_MIN, GAIN_MAX, GAIN_STEPS, dtype=np.float32)[:, None] * _LOG_INTENSITY
+        )
+        * 255.0
+        + 0.5
+    )
+    .astype(np.uint8)
+    .ravel()
+)
 COMPRESSIONS = ("jpeg", "deflate")
 
 
@@ -145,20 +159,35 @@ def _pad_periodic(texture: np.ndarray, extra: int) -> np.ndarray:
 
 
 class _LevelTextures:
-    """The class textures and the edge jitter at one pyramid level, padded for slicing."""
+    """The class textures, the edge jitter and the stain mottle at one pyramid level,
+    padded for slicing. The mottle has its own period (1.5× the textures'), so the
+    product repeats only every 3 texture periods."""
 
-    def __init__(self, textures: list[np.ndarray], jitter: np.ndarray, tile_size: int) -> None:
+    def __init__(
+        self,
+        textures: list[np.ndarray],
+        jitter: np.ndarray,
+        mottle: np.ndarray | None,
+        tile_size: int,
+    ) -> None:
         self.period = textures[0].shape[0]
         self.raw_textures = textures
         self.raw_jitter = jitter
+        self.raw_mottle = mottle
         self.textures = [_pad_periodic(t, tile_size) for t in textures]
         self.jitter = _pad_periodic(jitter, tile_size)
+        self.mottle_period = mottle.shape[0] if mottle is not None else 0
+        self.mottle = _pad_periodic(mottle, tile_size) if mottle is not None else None
 
     def halved(self, tile_size: int) -> _LevelTextures:
+        mottle = self.raw_mottle
+        if mottle is not None:
+            # Finer than a pixel once it cannot be halved any more: it averages out.
+            mottle = halve(mottle) if mottle.shape[0] % 2 == 0 and mottle.shape[0] >= 4 else None
         if self.period < 4:
-            return _LevelTextures(self.raw_textures, self.raw_jitter, tile_size)
+            return _LevelTextures(self.raw_textures, self.raw_jitter, mottle, tile_size)
         return _LevelTextures(
-            [halve(t) for t in self.raw_textures], halve(self.raw_jitter), tile_size
+            [halve(t) for t in self.raw_textures], halve(self.raw_jitter), mottle, tile_size
         )
 
 
@@ -186,27 +215,30 @@ class _TileRenderer:
         self.tile_size = tile_size
         self.cache: dict[tuple[int, int, int], bytes] = {}
 
-    def stained(self, tile: np.ndarray, level: int, x0: int, y0: int) -> np.ndarray:
+    def stained(
+        self, tile: np.ndarray, level: int, level_tex: _LevelTextures, x0: int, y0: int
+    ) -> np.ndarray:
         """Apply the slide's stain variation: I' = 255·(I/255)^gain per channel, i.e. the
-        optical density scaled by a smooth gain field (in level-0 coordinates, so every
-        level agrees)."""
+        optical density scaled by a gain field: a smooth slide-wide part (layout, in level-0
+        coordinates) times a periodic mottle of its own period (breaks up the textures'
+        repetition). Gains are quantized so one table lookup replaces an exp per pixel."""
         downsample = 2**level
         ts = self.tile_size
-        coarse = self.layout.stain_gains(
-            x0 * downsample, y0 * downsample, downsample * ts / 4, 4, 4
-        )
-        if coarse is None:
-            return tile
-        if float((coarse.max(axis=(0, 1)) - coarse.min(axis=(0, 1))).max()) < 0.004:
-            # Nearly constant over the tile (most tiles of the finer levels): one lookup
-            # table per channel instead of an exp per pixel.
-            out = np.empty_like(tile)
-            for channel, gain in enumerate(coarse.mean(axis=(0, 1))):
-                table = (np.exp(gain * _LOG_INTENSITY) * 255.0 + 0.5).astype(np.uint8)
-                out[..., channel] = table[tile[..., channel]]
-            return out
         gains = self.layout.stain_gains(x0 * downsample, y0 * downsample, downsample, ts, ts)
-        return (np.exp(gains * _LOG_INTENSITY[tile]) * 255.0 + 0.5).astype(np.uint8)
+        if gains is None:
+            return tile
+        if level_tex.mottle is not None:
+            mx, my = x0 % level_tex.mottle_period, y0 % level_tex.mottle_period
+            gains = (
+                gains
+                * (1.0 + MOTTLE_AMPLITUDE * level_tex.mottle[my : my + ts, mx : mx + ts])[..., None]
+            )
+        steps = np.clip(
+            np.rint((gains - GAIN_MIN) * ((GAIN_STEPS - 1) / (GAIN_MAX - GAIN_MIN))),
+            0,
+            GAIN_STEPS - 1,
+        ).astype(np.int32)
+        return _GAIN_TABLE[steps * 256 + tile]
 
     def encode(self, tile: np.ndarray) -> bytes:
         if self.compression == "jpeg":
@@ -236,7 +268,7 @@ class _TileRenderer:
             texture_index = int(self.label_texture[first])
             crop = level_tex.textures[texture_index][wrap_y : wrap_y + ts, wrap_x : wrap_x + ts]
             if texture_index != BACKGROUND_TEXTURE:
-                return self.encode(self.stained(crop, level, x0, y0))
+                return self.encode(self.stained(crop, level, level_tex, x0, y0))
             # Glass barely absorbs, so stain variation cannot show on it: its tiles repeat
             # exactly and are encoded once.
             key = (level, wrap_x, wrap_y)
@@ -251,7 +283,7 @@ class _TileRenderer:
             texture = level_tex.textures[int(self.label_texture[label])]
             where = labels == label
             tile[where] = texture[wrap_y : wrap_y + ts, wrap_x : wrap_x + ts][where]
-        return self.encode(self.stained(tile, level, x0, y0))
+        return self.encode(self.stained(tile, level, level_tex, x0, y0))
 
 
 def _tiles_in_order(
@@ -311,13 +343,13 @@ def write_synthetic_slide(
     if n_lesions < 0 or n_lesions > 250:
         raise ValueError(f"n_lesions must be in 0..250, got {n_lesions}")
     path = Path(path)
-    streams = np.random.SeedSequence(seed).spawn(4)
+    streams = np.random.SeedSequence(seed).spawn(5)
     layout = Layout(
         width,
         height,
         np.random.default_rng(streams[0]),
         n_lesions,
-        stain_rng=np.random.default_rng(streams[3]),
+        stain_rng=np.random.default_rng(streams[4]),
     )
 
     # Texture period: a power of two, ≥ 2 tiles; bigger for big slides (less repetition).
@@ -351,6 +383,9 @@ def write_synthetic_slide(
             textures.append(rgb)
         label_texture.append(lesion_texture_index[key])
     jitter0 = periodic_noise(np.random.default_rng(streams[2]), period, 20.0 * px_per_um)
+    mottle0 = np.tanh(
+        periodic_noise(np.random.default_rng(streams[3]), period * 3 // 2, 40.0 * px_per_um)
+    )
 
     dims = _pyramid_dimensions(width, height, tile_size)
     objective_power = round(10.0 / mpp, 2)
@@ -361,7 +396,7 @@ def write_synthetic_slide(
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     partial = path.with_name(path.name + ".partial")
     bigtiff = width * height * 3 > 2**31
-    level_tex = _LevelTextures(textures, jitter0, tile_size)
+    level_tex = _LevelTextures(textures, jitter0, mottle0, tile_size)
     with ThreadPoolExecutor(workers) if workers > 1 else _NoPool() as pool:
         with tifffile.TiffWriter(partial, bigtiff=bigtiff) as tiff:
             for level, (level_w, level_h) in enumerate(dims):
