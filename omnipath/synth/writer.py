@@ -6,9 +6,10 @@ level, level 0 first, the others with NewSubfileType = 1 (reduced resolution); R
 so OpenSlide reports openslide.mpp-x/y. The level-0 ImageDescription is a small JSON object
 with the seed, mpp and objective power.
 
-Speed: tiles that lie wholly in one class are crops of that class's periodic texture at
-(x mod P, y mod P), so their encoded bytes are computed once and reused; only tiles on a
-boundary are composed and encoded. Nothing larger than the textures is held in memory.
+Speed: a tile is a crop of its class's periodic texture at (x mod P, y mod P) (boundary
+tiles compose several classes by label), recoloured by a stain-gain lookup table and
+encoded; glass tiles repeat exactly and are encoded once. Nothing larger than the
+textures is held in memory, and tiles are rendered a few rows ahead on a thread pool.
 """
 
 from __future__ import annotations
@@ -331,6 +332,8 @@ def write_synthetic_slide(
 
     width, height: level-0 pixels (any size from a few hundred to 100k+ per side).
     mpp: microns per level-0 pixel (0.25 ≈ 40×). compression: "jpeg" or "deflate".
+    n_lesions: how many lesions to place; fewer when the tissue has no room for them
+    (the returned SyntheticSlide lists the ones placed). workers: rendering threads.
     """
     if width < 64 or height < 64:
         raise ValueError(f"a synthetic slide needs at least 64×64 pixels, got {width}×{height}")
