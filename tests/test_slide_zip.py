@@ -138,7 +138,14 @@ def test_extraction_is_reused_while_the_zip_is_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "evil", ["../evil.txt", "/tmp/evil.txt", "case/../../evil.txt", "C:/evil.txt"]
+    "evil",
+    [
+        "../evil.txt",
+        "/tmp/evil.txt",
+        "case/../../evil.txt",
+        "C:/evil.txt",
+        "case\\..\\..\\evil.txt",
+    ],
 )
 def test_zip_slip_is_refused_before_anything_is_written(tmp_path, evil):
     folder = tmp_path / "uploads"
