@@ -431,3 +431,33 @@ def test_stock_llava_through_the_adapter_gets_pgdfc_and_no_masks(tiny: tuple, sl
         assert region.l0_rect.x < TISSUE_RIGHT
     _, worded = _run(engine, slide, s=3, l0_region=L0Rect(100, 100, 400, 300))
     assert worded.tokens["prompt"] > answer.tokens["prompt"]  # the region, as words
+
+
+def test_synthetic_pyramidal_slide_read_at_the_detail_magnification(
+    engine: Engine, tmp_path
+) -> None:
+    """A generated 40× (0.25 µm/px) pyramidal TIFF: each detail patch is the encoder's input
+    at 20×, i.e. thumb_side × 2 level-0 pixels around a tissue cell's centre."""
+    from omnipath.slide import open_slide
+    from omnipath.synth import write_synthetic_slide
+
+    synthetic = write_synthetic_slide(tmp_path / "synthetic.tiff", 4096, 3072, seed=1, n_lesions=2)
+    with open_slide(synthetic.path) as opened:
+        assert opened.info.mpp_x == pytest.approx(0.25)
+        _, answer = _run(engine, opened, s=4)
+        frame = ThumbFrame(4096, 3072, engine.model.thumb_side)
+        tissue = opened.tissue_mask(64, 64)
+    window = engine.model.thumb_side * (10.0 / 20.0) / 0.25
+    assert len(answer.regions) == 4
+    for region in answer.regions:
+        rect = region.l0_rect
+        assert rect.w <= window and rect.h <= window
+        assert max(rect.w, rect.h) == pytest.approx(window, abs=1)  # clipped on one side at most
+        row, col = frame.grid_cell_of_l0(
+            rect.x + rect.w / 2, rect.y + rect.h / 2, engine.model.grid
+        )
+        assert 0 <= row < engine.model.grid and 0 <= col < engine.model.grid
+        # the region shows tissue (the synthetic slide's own tissue map, 64×64 over the slide)
+        r0, r1 = rect.y * 64 // 3072, max(rect.y * 64 // 3072 + 1, rect.y1 * 64 // 3072)
+        c0, c1 = rect.x * 64 // 4096, max(rect.x * 64 // 4096 + 1, rect.x1 * 64 // 4096)
+        assert tissue[r0:r1, c0:c1].max() > 0
