@@ -148,10 +148,18 @@ class SlideRegistry:
                 raise NotFoundError("This slide's file is no longer on the server.")
             opened = OpenedSlide(slide_id, self._opener(path))  # slow part, outside the lock
             with self._lock:
-                opened._readers += 1
-                self._open[slide_id] = opened
-                to_close = self._evict_locked()
                 self._opening.pop(slide_id, None)
+                # A request that came after our opening lock was dropped (the slide evicted
+                # meanwhile) may have opened it too: keep theirs, close ours.
+                existing = self._open.get(slide_id)
+                if existing is not None:
+                    self._open.move_to_end(slide_id)
+                    existing._readers += 1
+                    opened, to_close = existing, [opened]
+                else:
+                    opened._readers += 1
+                    self._open[slide_id] = opened
+                    to_close = self._evict_locked()
         for victim in to_close:
             victim._close()
         return opened
