@@ -3,7 +3,7 @@ answer, and the throughput of 8 concurrent conversations relative to one.
 
     .venv/bin/python bench/app.py [--cache-dir data/bench] [--model tiny] [--concurrency 8]
 
-The real server (`python -m web.chat_app`, its own process, so the client does not share its
+The real server (`python -m web`, its own process, so the client does not share its
 CPU time) is driven through gradio_client, as a program or the browser would:
 - upload: the named /upload endpoint with a synthetic JPEG slide of at least 1 GB (generated
   once into the cache dir, then reused), then the DZI descriptor and every tile of the level a
@@ -79,7 +79,7 @@ def start_server(port: int, data_dir: Path, model: str) -> subprocess.Popen:
         "PYTHONPATH": str(REPO),
     }
     command = [
-        sys.executable, "-m", "web.chat_app", "--port", str(port),
+        sys.executable, "-m", "web", "--port", str(port),
         "--data-dir", str(data_dir), "--no-sample-slide",
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, env=env)

@@ -1,5 +1,5 @@
 """Hugging Face Spaces entry: Space variables → OmniPath settings, then the same app as
-`python -m web.chat_app`. Configuration and launch only; the app itself lives in web/.
+`python -m web`. Configuration and launch only; the app itself lives in web/.
 
 Space variables (Settings → Variables):
     OMNIPATH_MODEL      model id or folder (default "tiny": random weights, a demonstration)
@@ -93,17 +93,13 @@ def main(environ: MutableMapping[str, str] = os.environ) -> None:
     environ.update(space_environment(environ, gpu_gib=_gpu_gib(), data_mounted=mounted))
     import uvicorn
 
-    from web.chat_app import create_chat_app
-    from web.chat_services import build_chat_services
+    from web.app import app_services, create_app
     from web.config import load_config
-    from web.services import build_services, register_initial_slide
 
     config = load_config([])
-    web = build_services(config)
-    register_initial_slide(web, config)
-    services = build_chat_services(config, web=web)
+    services = app_services(config)
     on_gpu(services.engine)
-    uvicorn.run(create_chat_app(config, services), host=config.host, port=config.port)
+    uvicorn.run(create_app(config, services), host=config.host, port=config.port)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from web.chat_app import banner_markdown, build_chat_demo
+from web.app import build_demo
+from web.chat_app import banner_markdown
 from web.chat_services import build_chat_services
 from web.config import WebConfig
 
@@ -30,10 +31,8 @@ def demo(tmp_path: Path):
     from storage import Store
 
     config = WebConfig(data_dir=tmp_path, sample_slide=False)
-    services = build_chat_services(
-        config, engine=_StubEngine(), store=Store(tmp_path / "log.db"), environ={}
-    )
-    return build_chat_demo(config, services)
+    services = build_chat_services(config, engine=_StubEngine(), store=Store(tmp_path / "log.db"))
+    return build_demo(config, services)
 
 
 def test_named_endpoints_are_upload_ask_and_export_only(demo) -> None:

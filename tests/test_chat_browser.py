@@ -40,16 +40,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, obje
     import uvicorn
 
     from storage import Store
-    from web.chat_app import create_chat_app
+    from web.app import create_app
     from web.chat_services import build_chat_services
     from web.config import WebConfig
 
     folder = tmp_path_factory.mktemp("chat_browser")
     config = WebConfig(port=_free_port(), data_dir=folder / "data", sample_slide=False)
-    services = build_chat_services(config, store=Store(folder / "log.db"), environ={})
+    services = build_chat_services(config, store=Store(folder / "log.db"))
     server = uvicorn.Server(
         uvicorn.Config(
-            create_chat_app(config, services), host="127.0.0.1", port=config.port,
+            create_app(config, services), host="127.0.0.1", port=config.port,
             log_level="warning", timeout_graceful_shutdown=2,
         )
     )  # fmt: skip
@@ -230,7 +230,7 @@ def server_with_slide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
     from omnipath.synth import write_synthetic_slide
     from storage import Store
-    from web.chat_app import create_chat_app
+    from web.app import create_app
     from web.chat_services import build_chat_services
     from web.config import WebConfig
     from web.services import build_services, register_initial_slide
@@ -240,10 +240,10 @@ def server_with_slide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     config = WebConfig(port=_free_port(), data_dir=folder / "data", slide=first, sample_slide=False)
     web = build_services(config)
     register_initial_slide(web, config)
-    services = build_chat_services(config, web=web, store=Store(folder / "log.db"), environ={})
+    services = build_chat_services(config, web=web, store=Store(folder / "log.db"))
     server = uvicorn.Server(
         uvicorn.Config(
-            create_chat_app(config, services), host="127.0.0.1", port=config.port,
+            create_app(config, services), host="127.0.0.1", port=config.port,
             log_level="warning", timeout_graceful_shutdown=2,
         )
     )  # fmt: skip

@@ -20,7 +20,7 @@ from omnipath.errors import (
     UploadTooLargeError,
 )
 from web import handlers
-from web.chat_services import ChatSettings, build_chat_services, build_engine, replace_settings
+from web.chat_services import build_chat_services, build_engine, replace_settings
 from web.config import WebConfig
 
 OPTIONS = AnswerOptions(s=3, max_new_tokens=6)
@@ -58,7 +58,7 @@ class FailingEngine(SpyEngine):
 
 @pytest.fixture(scope="module")
 def tiny_engine():
-    return build_engine(ChatSettings())
+    return build_engine(WebConfig())
 
 
 @pytest.fixture()
@@ -67,7 +67,7 @@ def services(tmp_path: Path, tiny_engine):
     from storage import Store
 
     store = Store(tmp_path / "log.db")
-    chat = build_chat_services(config, engine=SpyEngine(tiny_engine), store=store, environ={})
+    chat = build_chat_services(config, engine=SpyEngine(tiny_engine), store=store)
     yield chat
     chat.web.registry.close()
     store.close()
@@ -301,7 +301,6 @@ def test_reopen_restores_slide_turns_and_layers_in_a_fresh_server(
         WebConfig(data_dir=services.settings.data_dir, sample_slide=False),
         engine=services.engine,
         store=services.store,
-        environ={},
     )
     assert not fresh.registry.is_registered(uploaded["slide_id"])
     listed = handlers.list_conversations(fresh)

@@ -1,54 +1,42 @@
-"""Chat settings: config fields first, then OMNIPATH_* variables, then defaults; bad values
-give a sentence."""
+"""The chat's parts built from the WebConfig: upload folder, default SQLite log, the banner."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from web.chat_services import ChatConfigError, ChatSettings
-
-
-@dataclass(frozen=True)
-class _Config:
-    data_dir: Path = Path("somewhere")
-    model: str | None = None
-    max_upload_bytes: int | None = None
+from web.chat_services import build_chat_services, replace_settings
+from web.config import WebConfig
 
 
-def test_defaults_are_the_tiny_demonstration_model() -> None:
-    settings = ChatSettings.from_config(_Config(), environ={})
-    assert settings.model == "tiny" and settings.model_is_demo
-    assert settings.quantization is None and settings.log_file_names is False
-    assert settings.uploads_dir == Path("somewhere") / "slides"
+class _Engine:
+    """Only what the banner reads (no model is run here)."""
+
+    def __init__(self, **info) -> None:
+        self.info = {"model_id": "tiny", "dtype": "float32", "device": "cpu", **info}
 
 
-def test_environment_fills_what_the_config_leaves_open() -> None:
-    environ = {
-        "OMNIPATH_MODEL": "/models/omnipath-13b",
-        "OMNIPATH_QUANTIZATION": "4bit",
-        "OMNIPATH_MAX_UPLOAD_BYTES": "1000",
-        "OMNIPATH_LOG_FILE_NAMES": "yes",
-    }
-    settings = ChatSettings.from_config(_Config(), environ=environ)
-    assert settings.model == "/models/omnipath-13b" and not settings.model_is_demo
-    assert settings.quantization == "4bit" and settings.max_upload_bytes == 1000
-    assert settings.log_file_names
-    from_config = ChatSettings.from_config(_Config(model="omnipath-mini"), environ=environ)
-    assert from_config.model == "omnipath-mini" and from_config.model_is_demo
+def test_the_log_and_uploads_live_in_the_data_dir_by_default(tmp_path: Path) -> None:
+    config = WebConfig(data_dir=tmp_path / "data", sample_slide=False)
+    services = build_chat_services(config, engine=_Engine())
+    try:
+        assert services.settings is config
+        assert config.uploads_dir.is_dir() and config.uploads_dir.parent == tmp_path / "data"
+        assert (tmp_path / "data" / "omnipath.db").is_file()
+    finally:
+        services.store.close()
+        services.web.registry.close()
 
 
-@pytest.mark.parametrize(
-    ("environ", "phrase"),
-    [
-        ({"OMNIPATH_QUANTIZATION": "3bit"}, "4bit or 8bit"),
-        ({"OMNIPATH_MAX_UPLOAD_BYTES": "lots"}, "whole number"),
-        ({"OMNIPATH_MAX_UPLOAD_BYTES": "0"}, "must be positive"),
-        ({"OMNIPATH_MODEL_IS_DEMO": "maybe"}, "true or false"),
-    ],
-)
-def test_bad_settings_are_refused_with_a_sentence(environ: dict, phrase: str) -> None:
-    with pytest.raises(ChatConfigError, match=phrase):
-        ChatSettings.from_config(_Config(), environ=environ)
+def test_banner_reports_quantization_and_the_demonstration_label(tmp_path: Path) -> None:
+    from storage import Store
+
+    config = WebConfig(data_dir=tmp_path, sample_slide=False, model="org/omnipath-13b")
+    engine = _Engine(model_id="org/omnipath-13b", quantization="4bit", dtype="float16")
+    services = build_chat_services(config, engine=engine, store=Store(tmp_path / "log.db"))
+    try:
+        banner = services.model_banner()
+        assert banner["precision"] == "4bit (float16 compute)" and banner["demo"] is False
+        labelled = replace_settings(services, model_is_demo=True)
+        assert labelled.model_banner()["demo"] is True
+    finally:
+        services.store.close()

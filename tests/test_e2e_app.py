@@ -33,14 +33,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, obje
     import uvicorn
 
     from storage import Store
-    from web.chat_app import create_chat_app
+    from web.app import create_app
     from web.chat_services import build_chat_services
     from web.config import WebConfig
 
     folder = tmp_path_factory.mktemp("e2e")
     config = WebConfig(port=_free_port(), data_dir=folder / "data", sample_slide=False)
-    services = build_chat_services(config, store=Store(folder / "log.db"), environ={})
-    app = create_chat_app(config, services)
+    services = build_chat_services(config, store=Store(folder / "log.db"))
+    app = create_app(config, services)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

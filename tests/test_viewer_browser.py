@@ -1,8 +1,12 @@
 """The viewer in a real browser: Debian's chromium (headless) against the real app server.
 
-Starts the app (tile routes + Gradio + viewer assets) on a free local port with a small
-synthetic slide, waits until OpenSeadragon has drawn the slide, drives the overlay API and
-saves a screenshot to artifacts/viewer.png. Skips with the reason when chromium is absent.
+Starts the app (`web.app.create_app`: tile routes + viewer assets + the chat UI, the tiny
+model) on a free local port with a small synthetic slide opened at start, waits until
+OpenSeadragon has drawn it, checks the readouts, drives the overlay API (every layer, a
+zoom-to from Python) and saves artifacts/viewer.png; a file that is not a slide is refused
+with a sentence and the open slide stays. What the chat drives (upload, regions of an answer,
+layer toggles, click-to-zoom) is in tests/test_chat_browser.py. Skips with the reason when
+chromium or OpenSeadragon is absent.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real app with a slide opened at start (as --slide does)."""
     if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
         pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
     import uvicorn
@@ -46,9 +51,12 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     folder = tmp_path_factory.mktemp("browser")
     slide = write_synthetic_slide(folder / "slide.tiff", 3000, 2000, seed=3)
-    config = WebConfig(port=_free_port(), data_dir=folder, slide=slide.path, sample_slide=False)
+    config = WebConfig(
+        port=_free_port(), data_dir=folder / "data", slide=slide.path, sample_slide=False
+    )
+    app = create_app(config)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port, log_level="warning")
+        uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -60,6 +68,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"http://127.0.0.1:{config.port}/"
     server.should_exit = True
     thread.join(timeout=30)
+    app.state.services.registry.close()
+    app.state.chat_services.store.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +114,29 @@ def _wait_for(driver, script: str, timeout_s: float = 45) -> object:
     raise AssertionError(f"timed out waiting for: {script}")
 
 
-def test_viewer_draws_the_slide_and_the_chat_overlays(server_url: str, browser) -> None:
+SLIDE_LOADED = (
+    "const v = window.omnipathViewer && window.omnipathViewer.viewer;"
+    "const item = v && v.world.getItemAt(0); return !!item && item.getFullyLoaded();"
+)
+VIEW_BOUNDS = (  # the settled view in level-0 pixels [x, y, w, h], null while animating
+    "const v = window.omnipathViewer.viewer;"
+    "if (v.viewport.getZoom(true) !== v.viewport.getZoom(false)) return null;"
+    "const b = v.world.getItemAt(0).viewportToImageRectangle(v.viewport.getBounds(true));"
+    "return [b.x, b.y, b.width, b.height];"
+)
+
+
+def test_viewer_draws_the_slide_readouts_and_every_overlay_layer(server_url: str, browser) -> None:
     driver = browser
     driver.get(server_url)
-    assert _wait_for(driver, "return document.body.innerText.includes('not connected yet');")
+    banner = _wait_for(
+        driver,
+        "const b = document.querySelector('#omnipath-model-banner'); return b && b.innerText;",
+    )
+    assert "tiny" in banner and "not connected" not in driver.find_element("tag name", "body").text
 
     # OpenSeadragon opened the DZI and drew every tile it wanted for the first view.
-    _wait_for(
-        driver,
-        "const v = window.omnipathViewer && window.omnipathViewer.viewer;"
-        "const item = v && v.world.getItemAt(0);"
-        "return !!item && item.getFullyLoaded();",
-    )
+    _wait_for(driver, SLIDE_LOADED)
     # The canvas holds slide pixels (tissue colours vary; an empty canvas would be uniform).
     spread = driver.execute_script(
         "const canvas = window.omnipathViewer.viewer.drawer.canvas;"
@@ -159,31 +180,22 @@ def test_viewer_draws_the_slide_and_the_chat_overlays(server_url: str, browser) 
     )
     assert badges == ["1", "2"]
 
-    # Toggling a layer hides its overlays only.
-    driver.execute_script("window.omnipathViewer.setLayerVisible('boxes', false);")
-    hidden = driver.execute_script(
-        "return [...document.querySelectorAll('.ov-overlay')].map(n => [n.dataset.layer, getComputedStyle(n).display]);"
+    # What a Python event sends (viewer_state): new overlays and a rectangle to zoom to.
+    state = viewer_state(
+        None,
+        layers={"boxes": [rect_item({"x": 1200, "y": 500, "w": 400, "h": 300})]},
+        zoom_to={"x": 1200, "y": 500, "w": 400, "h": 300},
     )
-    assert all((display == "none") == (layer == "boxes") for layer, display in hidden)
-    driver.execute_script("window.omnipathViewer.setLayerVisible('boxes', true);")
-
-    # Clicking an overlay zooms to it: afterwards the view is about that rectangle's size.
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    region = driver.find_elements("css selector", ".ov-overlay-regions")[1]
-    ActionChains(driver).move_to_element(region).click().perform()
-    bounds = _wait_for(
-        driver,
-        "const v = window.omnipathViewer.viewer; if (v.viewport.getZoom(true) !== v.viewport.getZoom(false)) return null;"
-        "const b = v.world.getItemAt(0).viewportToImageRectangle(v.viewport.getBounds(true));"
-        "return [b.x, b.y, b.width, b.height];",
-    )
-    x, y, w, h = bounds
-    assert x <= 1900 and y <= 1100 and x + w >= 2300 and y + h >= 1500  # the region is in view
-    assert w < 1500  # and the view zoomed in on it (the whole slide is 3000 px wide)
+    driver.execute_script("window.omnipathViewer.applyState(arguments[0]);", state)
+    assert driver.execute_script("return document.querySelectorAll('.ov-overlay').length;") == 1
+    x, y, w, h = _wait_for(driver, VIEW_BOUNDS)
+    assert x <= 1200 and y <= 500 and x + w >= 1600 and y + h >= 800 and w < 1500
 
     # Back to the whole slide for the screenshot, with the cursor read-out exercised.
+    driver.execute_script(f"window.omnipathViewer.setLayers({json.dumps(layers)});")
     driver.execute_script("window.omnipathViewer.viewer.viewport.goHome(true);")
+    from selenium.webdriver.common.action_chains import ActionChains
+
     canvas = driver.find_element("css selector", ".ov-canvas")
     ActionChains(driver).move_to_element_with_offset(canvas, 10, 10).perform()
     assert "µm" in _wait_for(driver, "return document.querySelector('.ov-cursor').textContent;")
@@ -193,52 +205,27 @@ def test_viewer_draws_the_slide_and_the_chat_overlays(server_url: str, browser) 
     assert driver.save_screenshot(str(artifacts / "viewer.png"))
 
 
-def test_an_uploaded_slide_replaces_the_open_one_and_a_bad_file_is_refused(
+def test_a_file_that_is_not_a_slide_is_refused_with_a_sentence_and_the_slide_stays(
     server_url: str, browser, tmp_path: Path
 ) -> None:
-    from omnipath.slide import content_hash
-    from omnipath.synth import write_synthetic_slide
+    from omnipath.errors import SlideError
+    from omnipath.slide import open_slide
 
     driver = browser
     driver.get(server_url)
-    first = _wait_for(
+    opened = _wait_for(
         driver, "const v = window.omnipathViewer; return v && v.instance && v.instance.dziUrl;"
     )
-    second = write_synthetic_slide(tmp_path / "second.tiff", 1200, 900, seed=4).path
-    upload = driver.find_element("css selector", "#omnipath-open-slide input[type=file]")
-    upload.send_keys(str(second))
-    expected = f"/slides/{content_hash(second)}.dzi"
-    assert _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{expected}';")
-    assert first != expected
-    _wait_for(
-        driver,
-        "const item = window.omnipathViewer.viewer.world.getItemAt(0); return !!item && item.getFullyLoaded();",
-    )
-
-    # What a Python event sends (viewer_state): new overlays and a rectangle to zoom to.
-    state = viewer_state(
-        None,
-        layers={"boxes": [rect_item({"x": 100, "y": 100, "w": 200, "h": 150})]},
-        zoom_to={"x": 100, "y": 100, "w": 200, "h": 150},
-    )
-    driver.execute_script("window.omnipathViewer.applyState(arguments[0]);", state)
-    assert driver.execute_script("return document.querySelectorAll('.ov-overlay').length;") == 1
-    x, y, w, h = _wait_for(
-        driver,
-        "const v = window.omnipathViewer.viewer; if (v.viewport.getZoom(true) !== v.viewport.getZoom(false)) return null;"
-        "const b = v.world.getItemAt(0).viewportToImageRectangle(v.viewport.getBounds(true));"
-        "return [b.x, b.y, b.width, b.height];",
-    )
-    assert x <= 100 and y <= 100 and x + w >= 300 and y + h >= 250 and w < 1000
-
+    _wait_for(driver, SLIDE_LOADED)
     not_a_slide = tmp_path / "notes.svs"
     not_a_slide.write_text("these are notes, not a slide")
-    driver.find_element("css selector", "#omnipath-open-slide button[aria-label='Clear']").click()
-    driver.find_element("css selector", "#omnipath-open-slide input[type=file]").send_keys(
+    with pytest.raises(SlideError) as refused:
+        open_slide(not_a_slide)
+    driver.find_element("css selector", "#omnipath-upload input[type=file]").send_keys(
         str(not_a_slide)
     )
     toast = _wait_for(
         driver, "const t = document.querySelector('.toast-body'); return t && t.innerText;"
     )
-    assert "Traceback" not in toast
-    assert driver.execute_script("return window.omnipathViewer.instance.dziUrl;") == expected
+    assert refused.value.message in toast and "Traceback" not in toast
+    assert driver.execute_script("return window.omnipathViewer.instance.dziUrl;") == opened

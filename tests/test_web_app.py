@@ -1,4 +1,5 @@
-"""The app shell: configuration sources, the Gradio page, the viewer assets on the same server."""
+"""The app: configuration sources, the page (viewer + chat), tiles and viewer assets on the same
+server, the first start, and `python -m web`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ needs_osd = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module")
+def tiny_engine():
+    from web.chat_services import build_engine
+
+    return build_engine(WebConfig())
+
+
+def chat_services(config: WebConfig, engine):
+    """The app's services around a shared tiny engine (loaded once per module)."""
+    from storage import Store
+    from web.chat_services import build_chat_services
+
+    return build_chat_services(config, engine=engine, store=Store(config.data_dir / "log.db"))
+
+
 def test_defaults_then_environment_then_flags() -> None:
     assert load_config([], {}) == WebConfig()
     env = {"OMNIPATH_PORT": "8000", "OMNIPATH_HOST": "0.0.0.0", "OMNIPATH_DATA_DIR": "/srv/data"}
@@ -37,6 +53,30 @@ def test_defaults_then_environment_then_flags() -> None:
     assert from_flags.sample_slide is False
 
 
+def test_the_chat_settings_are_config_fields_from_the_same_sources() -> None:
+    defaults = load_config([], {})
+    assert defaults.model == "tiny" and defaults.demo_model and defaults.quantization is None
+    assert defaults.log_file_names is False and defaults.database_url is None
+    assert defaults.uploads_dir == Path("data") / "slides"
+    env = {
+        "OMNIPATH_MODEL": "/models/omnipath-13b",
+        "OMNIPATH_QUANTIZATION": "4bit",
+        "OMNIPATH_MAX_UPLOAD_BYTES": "1000",
+        "OMNIPATH_LOG_FILE_NAMES": "yes",
+        "OMNIPATH_DATABASE_URL": "postgresql+psycopg://db/omnipath",
+    }
+    from_env = load_config([], env)
+    assert from_env.model == "/models/omnipath-13b" and not from_env.demo_model
+    assert from_env.quantization == "4bit" and from_env.max_upload_bytes == 1000
+    assert from_env.log_file_names and from_env.database_url.startswith("postgresql")
+    flags = ["--model", "omnipath-mini", "--quantization", "8bit", "--max-concurrent-answers", "2"]
+    from_flags = load_config(flags, env)
+    assert from_flags.model == "omnipath-mini" and from_flags.demo_model
+    assert from_flags.quantization == "8bit" and from_flags.max_concurrent_answers == 2
+    labelled = load_config(["--model-is-demo", "true"], env)
+    assert labelled.demo_model  # an explicit label wins over the model id
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "words"),
     [
@@ -44,6 +84,12 @@ def test_defaults_then_environment_then_flags() -> None:
         (["--port", "70000"], {}, "between 1 and 65535"),
         ([], {"OMNIPATH_SAMPLE_SLIDE": "maybe"}, "OMNIPATH_SAMPLE_SLIDE"),
         (["--max-open-slides", "0"], {}, "At least one slide"),
+        ([], {"OMNIPATH_QUANTIZATION": "3bit"}, "4bit or 8bit"),
+        (["--model-dtype", "float8"], {}, "model precision must be one of"),
+        ([], {"OMNIPATH_MAX_UPLOAD_BYTES": "lots"}, "OMNIPATH_MAX_UPLOAD_BYTES"),
+        (["--max-upload-bytes", "0"], {}, "must be positive"),
+        ([], {"OMNIPATH_MODEL_IS_DEMO": "maybe"}, "OMNIPATH_MODEL_IS_DEMO"),
+        (["--max-concurrent-answers", "0"], {}, "At least one answer"),
     ],
 )
 def test_bad_settings_raise_a_readable_config_error(argv: list[str], env: dict, words: str) -> None:
@@ -89,27 +135,34 @@ def test_mask_item_is_a_transparent_png_coloured_where_true() -> None:
     assert tuple(image[3, 4, :3]) == (10, 20, 30)
 
 
-def test_build_demo_without_a_slide_says_the_model_is_not_connected(tmp_path: Path) -> None:
-    from web.app import NOT_CONNECTED, build_demo
+def test_build_demo_is_the_whole_product_built_from_the_config(tmp_path: Path) -> None:
+    """Nothing injected: the tiny model is loaded, the log is created in the data dir."""
+    from web.app import build_demo
 
     config = WebConfig(data_dir=tmp_path, sample_slide=False)
     demo = build_demo(config)
     assert isinstance(demo, gr.Blocks)
-    texts = [getattr(block, "value", None) for block in demo.blocks.values()]
-    assert NOT_CONNECTED in texts
+    props = [c.get("props", {}) for c in demo.config["components"]]
+    ids = {p.get("elem_id") for p in props}
+    assert {"omnipath-viewer", "omnipath-chat", "omnipath-upload", "omnipath-model-banner"} <= ids
+    banner = next(p["value"] for p in props if p.get("elem_id") == "omnipath-model-banner")
+    assert "`tiny`" in banner and "Demonstration model" in banner
+    assert (tmp_path / "omnipath.db").is_file()
+    demo.omnipath_services.store.close()
 
 
 @needs_osd
 def test_the_server_serves_the_page_the_viewer_assets_and_404s_unknown_slides(
-    tmp_path: Path,
+    tmp_path: Path, tiny_engine
 ) -> None:
     from web.app import create_app
 
     config = WebConfig(data_dir=tmp_path, sample_slide=False)
-    app = create_app(config, build_services(config))
+    app = create_app(config, chat_services(config, tiny_engine))
     with TestClient(app) as client:
         page = client.get("/")
         assert page.status_code == 200 and "<html" in page.text.lower()
+        assert "omnipath-chat" in page.text and "not connected" not in page.text
         osd = client.get(f"{ASSET_PREFIX}/openseadragon/openseadragon.min.js")
         assert osd.status_code == 200 and "OpenSeadragon" in osd.text
         viewer_js = client.get(f"{ASSET_PREFIX}/viewer.js")
@@ -142,35 +195,17 @@ def test_first_start_generates_the_sample_slide_once_and_registers_it(tmp_path: 
     assert path.stat().st_mtime_ns == modified
 
 
-def test_an_unreadable_upload_is_refused_with_the_slide_layers_message(tmp_path: Path) -> None:
-    from omnipath.errors import SlideError
-    from web.services import open_slide_file
-
-    services = build_services(WebConfig(data_dir=tmp_path, sample_slide=False))
-    notes = tmp_path / "notes.svs"
-    notes.write_text("not a slide at all")
-    with pytest.raises(SlideError) as caught:
-        open_slide_file(services, notes)
-    assert caught.value.message
-    assert not services.registry.is_registered(content_hash_of(notes))
-
-
-def content_hash_of(path: Path) -> str:
-    from omnipath.slide import content_hash
-
-    return content_hash(path)
-
-
 @needs_osd
-def test_the_app_serves_tiles_of_the_slide_it_was_started_with(tmp_path: Path) -> None:
+def test_the_app_serves_tiles_of_the_slide_it_was_started_with(tmp_path: Path, tiny_engine) -> None:
     from omnipath.synth import write_synthetic_slide
     from web.app import create_app
 
     slide = write_synthetic_slide(tmp_path / "start.tiff", 800, 600, seed=6)
     config = WebConfig(data_dir=tmp_path, slide=slide.path, sample_slide=False)
-    services = build_services(config)
+    services = chat_services(config, tiny_engine)
     app = create_app(config, services)
-    slide_id = services.initial_slide_id
+    slide_id = services.web.initial_slide_id
+    assert slide_id is not None  # create_app registered the --slide
     with TestClient(app) as client:
         assert client.get(f"/slides/{slide_id}.dzi").status_code == 200
         first = client.get(f"/slides/{slide_id}_files/10/0_0.jpeg")
@@ -185,3 +220,6 @@ def test_python_m_web_reports_bad_flags_without_a_traceback(capsys) -> None:
     assert main(["--port", "not-a-port"]) == 2
     err = capsys.readouterr().err
     assert "could not start" in err and "Traceback" not in err
+    assert main(["--quantization", "3bit"]) == 2
+    err = capsys.readouterr().err
+    assert "4bit or 8bit" in err and "Traceback" not in err

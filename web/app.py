@@ -1,57 +1,41 @@
-"""The OmniPath app: a FastAPI server with the deep-zoom routes and the Gradio UI mounted on it."""
+"""The OmniPath app: a FastAPI server with the deep-zoom routes and viewer assets, and the
+Gradio UI (the slide viewer with the chat beside it, web/chat_app.py) mounted at "/".
+
+`build_demo(config)` is the UI; `create_app(config)` the whole server; `python -m web` runs it.
+"""
 
 from __future__ import annotations
 
 import gradio as gr
 from fastapi import FastAPI
 
-from omnipath.errors import OmniPathError
+from web.chat_app import build_chat_demo
+from web.chat_services import ChatServices, build_chat_services
 from web.config import WebConfig
-from web.services import WebServices, build_services, open_slide_file, register_initial_slide
+from web.services import WebServices, build_services, register_initial_slide
 from web.tile_routes import TileCacheFastPath, tile_router
-from web.viewer_component import build_viewer, mount_viewer_assets, viewer_state
-
-NOT_CONNECTED = (
-    "The model is not connected yet: you can open and explore slides; "
-    "questions will be answered once the chat lands."
-)
+from web.viewer_component import mount_viewer_assets
 
 
-def initial_viewer_state(services: WebServices) -> str:
-    slide_id = services.initial_slide_id
-    if slide_id is None:
-        return viewer_state(None)
-    return viewer_state(slide_id, services.tiles.meta(slide_id).to_dict())
+def app_services(
+    config: WebConfig, services: ChatServices | WebServices | None = None
+) -> ChatServices:
+    """Everything the app serves with. `services`: ChatServices as they are (tests inject a
+    tiny engine and a temporary log), the viewer's WebServices (the engine and the log are
+    built around them), or None (all built from `config`). The slide to show at start
+    (--slide or the sample slide, generated on first start) is registered either way."""
+    if isinstance(services, ChatServices):
+        chat = services
+    else:
+        web = build_services(config) if services is None else services
+        chat = build_chat_services(config, web=web)
+    register_initial_slide(chat.web, config)
+    return chat
 
 
-def build_demo(config: WebConfig, services: WebServices | None = None) -> gr.Blocks:
-    """The Gradio UI. `services` defaults to fresh ones; the initial slide (--slide or the
-    sample slide) is registered in them if it is not yet."""
-    services = build_services(config) if services is None else services
-    register_initial_slide(services, config)
-    with gr.Blocks(title="OmniPath") as demo:
-        gr.Markdown("## OmniPath — whole-slide viewer")
-        gr.Markdown(NOT_CONNECTED, elem_id="omnipath-model-status")
-        viewer = build_viewer(initial_viewer_state(services))
-        upload = gr.File(
-            label="Open a slide (OpenSlide formats, PNG, JPEG, TIFF; MIRAX as a .zip)",
-            file_count="single",
-            type="filepath",
-            elem_id="omnipath-open-slide",
-        )
-
-        def open_upload(path: str | None, current: str) -> str:
-            if path is None:
-                return current
-            try:
-                slide_id, meta = open_slide_file(services, path)
-            except OmniPathError as exc:
-                gr.Warning(exc.message)
-                return current
-            return viewer_state(slide_id, meta.to_dict(), layers={})  # old overlays go
-
-        upload.upload(open_upload, inputs=[upload, viewer], outputs=[viewer])
-    return demo
+def build_demo(config: WebConfig, services: ChatServices | WebServices | None = None) -> gr.Blocks:
+    """The Gradio UI: the slide viewer, the chat beside it and the model banner."""
+    return build_chat_demo(app_services(config, services))
 
 
 def add_viewer_routes(app: FastAPI, services: WebServices) -> None:
@@ -62,14 +46,19 @@ def add_viewer_routes(app: FastAPI, services: WebServices) -> None:
     mount_viewer_assets(app)
 
 
-def create_app(config: WebConfig, services: WebServices | None = None) -> FastAPI:
-    """The whole server: tile routes and viewer assets first, then Gradio mounted at "/"."""
-    services = build_services(config) if services is None else services
-    register_initial_slide(services, config)
+def create_app(config: WebConfig, services: ChatServices | WebServices | None = None) -> FastAPI:
+    """The whole server: tile routes and viewer assets first, then the UI mounted at "/"
+    (uploads above max_upload_bytes are refused by Gradio before they are stored)."""
+    chat = app_services(config, services)
     app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
-    add_viewer_routes(app, services)
-    app.state.services = services
-    demo = build_demo(config, services)
+    add_viewer_routes(app, chat.web)
+    app.state.services = chat.web
+    app.state.chat_services = chat
     return gr.mount_gradio_app(
-        app, demo, path="/", server_name=config.host, server_port=config.port
+        app,
+        build_chat_demo(chat),
+        path="/",
+        server_name=config.host,
+        server_port=config.port,
+        max_file_size=config.max_upload_bytes,
     )

@@ -1,4 +1,5 @@
-"""The full OmniPath UI: the slide viewer with the chat beside it (Gradio Blocks).
+"""The full OmniPath UI: the slide viewer with the chat beside it (Gradio Blocks), built by
+web.app.build_demo (which makes the services from the config) and served by web.app.create_app.
 
 Every action calls a plain function in web/handlers.py; this module only adapts values to
 components, turns typed errors (OmniPathError.message) into gr.Error / gr.Warning sentences,
@@ -23,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI
 
 from omnipath.errors import OmniPathError
 from web import handlers
-from web.chat_services import ChatServices, build_chat_services
-from web.services import WebServices, build_services, register_initial_slide
+from web.chat_services import ChatServices
 from web.viewer_component import build_viewer, viewer_state
 
 log = logging.getLogger(__name__)
@@ -113,21 +112,9 @@ def _region_html(services: ChatServices) -> gr.HTML:
     )
 
 
-def build_chat_demo(
-    config: Any,
-    services: ChatServices | WebServices | None = None,
-) -> gr.Blocks:
-    """The product UI. `services`: ChatServices (tests inject a tiny engine), the viewer's
-    WebServices (then the engine and store are built around them), or None (all built from
-    `config`, the initial slide registered)."""
-    if isinstance(services, ChatServices):
-        chat = services
-    else:
-        web = services
-        if web is None:
-            web = build_services(config)
-            register_initial_slide(web, config)
-        chat = build_chat_services(config, web=web)
+def build_chat_demo(chat: ChatServices) -> gr.Blocks:
+    """The product UI around `chat` (web.app.build_demo builds the services from the config
+    and calls this; tests inject a tiny engine and a temporary log)."""
     initial_id = chat.web.initial_slide_id
     download_dir = Path(tempfile.gettempdir()) / "omnipath-downloads"
 
@@ -498,51 +485,3 @@ def build_chat_demo(
         )
     demo.omnipath_services = chat  # type: ignore[attr-defined]  # tests and the launcher
     return demo
-
-
-def create_chat_app(config: Any, services: ChatServices | None = None) -> FastAPI:
-    """The whole server with the chat UI: the viewer's tile routes and assets, then the chat
-    mounted at "/" (uploads above the limit are refused by Gradio before they are stored)."""
-    from web.app import add_viewer_routes
-
-    if services is None:
-        web = build_services(config)
-        register_initial_slide(web, config)
-        services = build_chat_services(config, web=web)
-    app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
-    add_viewer_routes(app, services.web)
-    app.state.services = services.web
-    app.state.chat_services = services
-    demo = build_chat_demo(config, services)
-    return gr.mount_gradio_app(
-        app,
-        demo,
-        path="/",
-        server_name=config.host,
-        server_port=config.port,
-        max_file_size=services.settings.max_upload_bytes,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m web.chat_app`: like `python -m web`, with the chat."""
-    import sys
-
-    import uvicorn
-
-    from web.config import load_config
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(sys.argv[1:] if argv is None else argv)
-        app = create_chat_app(config)
-    except OmniPathError as exc:
-        print(f"OmniPath could not start: {exc.message}", file=sys.stderr)
-        return 2
-    print(f"OmniPath: open http://{config.host}:{config.port} in a browser", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,6 +15,12 @@ from pathlib import Path
 
 from omnipath.errors import OmniPathError
 
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024**3
+# Model ids that are demonstrations, not diagnostic models (labelled so in the banner).
+DEMO_MODEL_MARKERS = ("tiny", "omnipath-mini")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("4bit", "8bit")
+
 
 class ConfigError(OmniPathError):
     """A configuration value (environment variable or command-line flag) is invalid."""
@@ -39,6 +45,35 @@ class WebConfig:
     sample_width: int = 16384
     sample_height: int = 12288
     sample_seed: int = 0
+    # The model: "tiny" (random weights, a demonstration), a folder, or a hub id.
+    model: str = "tiny"
+    model_dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    quantization: str | None = None  # None | 4bit | 8bit
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Whether the banner labels the model a demonstration; None: decided from the model id.
+    model_is_demo: bool | None = None
+    # SQLAlchemy URL of the session log; None: SQLite at <data_dir>/omnipath.db.
+    database_url: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # Uploaded file names are logged only when asked: they can identify patients.
+    log_file_names: bool = False
+    # Answers generated at once; more wait in Gradio's queue.
+    max_concurrent_answers: int = 8
+
+    @property
+    def demo_model(self) -> bool:
+        """True when answers come from a demonstration model (said so in the banner)."""
+        if self.model_is_demo is not None:
+            return self.model_is_demo
+        return any(marker in self.model.lower() for marker in DEMO_MODEL_MARKERS)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return Path(self.data_dir) / "slides"
+
+    @property
+    def exports_dir(self) -> Path:
+        return Path(self.data_dir) / "exports"
 
 
 # field name -> environment variable (all optional)
@@ -51,6 +86,15 @@ _ENV_NAMES = {
     "jpeg_quality": "OMNIPATH_JPEG_QUALITY",
     "slide": "OMNIPATH_SLIDE",
     "sample_slide": "OMNIPATH_SAMPLE_SLIDE",
+    "model": "OMNIPATH_MODEL",
+    "model_dtype": "OMNIPATH_MODEL_DTYPE",
+    "quantization": "OMNIPATH_QUANTIZATION",
+    "device": "OMNIPATH_DEVICE",
+    "model_is_demo": "OMNIPATH_MODEL_IS_DEMO",
+    "database_url": "OMNIPATH_DATABASE_URL",
+    "max_upload_bytes": "OMNIPATH_MAX_UPLOAD_BYTES",
+    "log_file_names": "OMNIPATH_LOG_FILE_NAMES",
+    "max_concurrent_answers": "OMNIPATH_MAX_CONCURRENT_ANSWERS",
 }
 
 
@@ -59,13 +103,15 @@ def _convert(name: str, raw: str, source: str) -> object:
     try:
         if field_type == "int":
             value: object = int(raw)
-        elif field_type == "bool":
+        elif field_type in ("bool", "bool | None"):
             lowered = raw.strip().lower()
             if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
                 raise ValueError(raw)
             value = lowered in {"1", "true", "yes", "on"}
         elif field_type in ("Path", "Path | None"):
             value = Path(raw) if raw else None
+        elif field_type == "str | None":
+            value = raw.strip() or None
         else:
             value = raw
     except ValueError:
@@ -86,6 +132,22 @@ def _validate(config: WebConfig) -> WebConfig:
         raise ConfigError(f"The JPEG quality must be between 1 and 100, not {config.jpeg_quality}.")
     if config.data_dir is None:
         raise ConfigError("The data directory cannot be empty.")
+    if not config.model.strip():
+        raise ConfigError("The model cannot be empty; use tiny for the demonstration model.")
+    if config.model_dtype not in DTYPES:
+        raise ConfigError(
+            f"The model precision must be one of {', '.join(DTYPES)}, not {config.model_dtype!r}."
+        )
+    if config.quantization is not None and config.quantization not in QUANTIZATIONS:
+        raise ConfigError(
+            f"The quantization must be 4bit or 8bit (or empty), not {config.quantization!r}."
+        )
+    if config.max_upload_bytes < 1:
+        raise ConfigError("The upload size limit (max_upload_bytes) must be positive.")
+    if config.max_concurrent_answers < 1:
+        raise ConfigError(
+            "At least one answer must be allowed at a time (max_concurrent_answers >= 1)."
+        )
     return config
 
 
@@ -105,6 +167,25 @@ def _parser() -> argparse.ArgumentParser:
         const="false",
         help="do not generate or open the sample slide",
     )
+    parser.add_argument("--model", help="tiny (default), a model folder or a hub id")
+    parser.add_argument("--model-dtype", dest="model_dtype", help=", ".join(DTYPES))
+    parser.add_argument("--quantization", help="4bit or 8bit (default none)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--model-is-demo",
+        dest="model_is_demo",
+        help="true/false: label the model a demonstration (default: from the model id)",
+    )
+    parser.add_argument("--database-url", dest="database_url", help="SQLAlchemy URL of the log")
+    parser.add_argument("--max-upload-bytes", dest="max_upload_bytes")
+    parser.add_argument(
+        "--log-file-names",
+        dest="log_file_names",
+        action="store_const",
+        const="true",
+        help="keep uploaded file names in the log (they can identify patients)",
+    )
+    parser.add_argument("--max-concurrent-answers", dest="max_concurrent_answers")
     return parser
 
 

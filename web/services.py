@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from omnipath.errors import SlideError
 from web.config import WebConfig
 from web.slide_registry import SlideRegistry
 from web.tile_cache import TileCache
-from web.tiles import SlideMeta, TileService
+from web.tiles import TileService
 
 
 @dataclass
@@ -45,17 +43,3 @@ def register_initial_slide(services: WebServices, config: WebConfig) -> str | No
         return None
     services.initial_slide_id = services.registry.register(path)
     return services.initial_slide_id
-
-
-def open_slide_file(services: WebServices, path: str | Path) -> tuple[str, SlideMeta]:
-    """Register a slide file (e.g. an upload) and open it once to check it can be read.
-
-    Returns its id and metadata; raises the slide layer's SlideError (with a sentence for the
-    person who uploaded it) when the file is not a slide we can read, leaving nothing behind."""
-    slide_id = services.registry.register(path)
-    try:
-        meta = services.tiles.meta(slide_id)
-    except SlideError:
-        services.registry.unregister(slide_id)
-        raise
-    return slide_id, meta
