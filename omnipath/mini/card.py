@@ -26,6 +26,7 @@ def write_model_card(
     train_seconds: float,
     weights_bytes: int,
     evaluation: dict | None = None,
+    command: str = "python -m omnipath.mini.train",
 ) -> Path:
     """Write README.md (the model card) into `output`; returns its path."""
     data = data_manifest["config"]
@@ -78,7 +79,7 @@ Records per split and task:
 
 ## Training
 
-One command: `python -m omnipath.mini.train`. Single stage, AdamW, cosine schedule with
+One command: `{command}`. Single stage, AdamW, cosine schedule with
 warmup, LoRA r={train_config.lora_r} on all LM linear layers, every other module trained in full
 (lr {train_config.new_module_lr} for the new modules, {train_config.lr} for LoRA: higher than the paper's 2e-5
 because the towers start from random weights). {steps} optimizer steps in

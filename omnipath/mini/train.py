@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=80.0, help="training time limit")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--grad-accum", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-4, help="LoRA learning rate")
-    parser.add_argument("--new-module-lr", type=float, default=1e-3)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
+    parser.add_argument("--new-module-lr", type=float, default=2e-3)
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument(
         "--run-dir", type=Path, default=Path.home() / ".cache" / "omnipath" / "mini-run"
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         losses=result.losses,
         train_seconds=train_seconds,
         weights_bytes=size,
+        command="python -m omnipath.mini.train "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     )
     print(f"saved {size / 2**20:.1f} MiB to {args.output} after {result.steps} steps", flush=True)
 
