@@ -133,11 +133,12 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                     file_count="single",
                     type="filepath",
                     elem_id="omnipath-upload",
+                    height=150,  # compact, so the question box shows beside the viewer
                 )
                 chatbot = gr.Chatbot(
                     label="Conversation",
                     elem_id="omnipath-chat",
-                    height=440,
+                    height=350,
                     feedback_options=("Like", "Dislike"),
                 )
                 question = gr.Textbox(
