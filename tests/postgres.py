@@ -19,7 +19,6 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.live_server import free_port
 
 REQUIRE_ENV = "OMNIPATH_REQUIRE_POSTGRES"
 
@@ -58,12 +59,6 @@ def _bin_dir() -> Path | None:
         if Path(candidate, "pg_ctl").exists() and Path(candidate, "initdb").exists():
             return Path(candidate)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -103,7 +98,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             except (LookupError, PermissionError, OSError) as exc:
                 _unavailable(f"cannot hand {root} to the postgres user: {exc}")
         root.chmod(0o700)
-        port = _free_port()
+        port = free_port()
         try:
             _run(
                 _as_postgres([

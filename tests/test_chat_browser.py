@@ -8,111 +8,44 @@ reason when chromium or OpenSeadragon is absent.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from web.viewer_component import OSD_BUILD_DIR
+from tests.live_server import (
+    SLIDE_LOADED,
+    free_port,
+    headless_chromium,
+    require_viewer_assets,
+    serving_app,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
-        pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
-    import uvicorn
-
+    require_viewer_assets()
     from storage import Store
-    from web.app import create_app
     from web.chat_services import build_chat_services
     from web.config import WebConfig
 
     folder = tmp_path_factory.mktemp("chat_browser")
-    config = WebConfig(port=_free_port(), data_dir=folder / "data", sample_slide=False)
+    config = WebConfig(port=free_port(), data_dir=folder / "data", sample_slide=False)
     services = build_chat_services(config, store=Store(folder / "log.db"))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, services), host="127.0.0.1", port=config.port,
-            log_level="warning", timeout_graceful_shutdown=2,
-        )
-    )  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app server did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{config.port}/", services
-    server.should_exit = True
-    thread.join(timeout=30)
-    services.web.registry.close()
+    with serving_app(config, services) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip(
-            "Debian's chromium and chromium-driver are not installed "
-            "(apt-get install chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="omnipath-chromium-")
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--window-size=1400,950",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_script_timeout(30)
-    try:
+    with headless_chromium(1400, 950) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _wait_for(driver, script: str, timeout_s: float = 60) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
-SLIDE_LOADED = (
-    "const v = window.omnipathViewer && window.omnipathViewer.viewer;"
-    "const item = v && v.world.getItemAt(0); return !!item && item.getFullyLoaded();"
-)
 
 
 def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path: Path) -> None:
@@ -124,7 +57,7 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
     url, services = server
     driver = browser
     driver.get(url)
-    banner = _wait_for(
+    banner = wait_for(
         driver,
         "const b = document.querySelector('#omnipath-model-banner'); return b && b.innerText;",
     )
@@ -133,8 +66,8 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
     slide = write_synthetic_slide(tmp_path / "case.tiff", 3000, 2000, seed=7).path
     driver.find_element("css selector", "#omnipath-upload input[type=file]").send_keys(str(slide))
     expected = f"/slides/{content_hash(slide)}.dzi"
-    _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{expected}';")
-    _wait_for(driver, SLIDE_LOADED)
+    wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{expected}';")
+    wait_for(driver, SLIDE_LOADED)
 
     # "Ask about a region": drag a rectangle on the slide.
     driver.find_element("css selector", "#omnipath-region .oc-draw").click()
@@ -143,7 +76,7 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
     ActionChains(driver).move_to_element_with_offset(
         canvas, -size["width"] // 6, -size["height"] // 6
     ).click_and_hold().move_by_offset(60, 40).move_by_offset(60, 40).release().perform()
-    label = _wait_for(
+    label = wait_for(
         driver, "return document.querySelector('#omnipath-region .oc-region-label').textContent;"
     )
     assert "Next question is about the region" in label
@@ -156,7 +89,7 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
     driver.find_element("css selector", "#omnipath-ask").click()
 
     # The answer's layers reach the viewer: 8 regions (S = 8), numbered 1..8 by rank.
-    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;", 120)
+    wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;", 120)
     badges = driver.execute_script(
         "return [...document.querySelectorAll('.ov-overlay-regions .ov-badge')].map(b => b.textContent);"
     )
@@ -167,7 +100,7 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
         )
         == "8"
     )
-    messages = _wait_for(
+    messages = wait_for(
         driver,
         'const m = document.querySelectorAll(\'#omnipath-chat .message-row, #omnipath-chat [data-testid="bot"], #omnipath-chat [data-testid="user"]\');'
         "return m.length >= 2 ? m.length : null;",
@@ -179,13 +112,13 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
     turns = services.store.load_conversation(conversation["id"])["turns"]
     assert [t["role"] for t in turns] == ["user", "assistant"]
     assert turns[0]["meta"]["l0_region"] and len(turns[1]["regions"]) == 8
-    _wait_for(
+    wait_for(
         driver,
         "return document.querySelector('#omnipath-region .oc-region-label').textContent.startsWith('No region');",
     )
 
     # Like the answer: the feedback is logged on the answer's turn.
-    like = _wait_for(
+    like = wait_for(
         driver,
         "return [...document.querySelectorAll('#omnipath-chat button')]"
         ".find(b => (b.getAttribute('aria-label') || b.title || '') === 'Like');",
@@ -208,14 +141,14 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
     )
     first = driver.find_elements("css selector", ".ov-overlay-regions")[0]
     ActionChains(driver).move_to_element(first).click().perform()
-    _wait_for(
+    wait_for(
         driver,
         f"const v = window.omnipathViewer.viewer; return v.viewport.getZoom(true) > {zoom_before} * 1.5"
         " && v.viewport.getZoom(true) === v.viewport.getZoom(false);",
     )
 
     driver.execute_script("window.omnipathViewer.viewer.viewport.goHome(true);")
-    _wait_for(driver, SLIDE_LOADED)
+    wait_for(driver, SLIDE_LOADED)
     artifacts = REPO / "artifacts"
     artifacts.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(artifacts / "chat.png"))
@@ -224,40 +157,19 @@ def test_upload_draw_a_region_ask_and_see_the_overlays(server, browser, tmp_path
 @pytest.fixture(scope="module")
 def server_with_slide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     """A server that opens a slide at start (as --slide or the sample slide do)."""
-    if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
-        pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
-    import uvicorn
-
+    require_viewer_assets()
     from omnipath.synth import write_synthetic_slide
     from storage import Store
-    from web.app import create_app
     from web.chat_services import build_chat_services
     from web.config import WebConfig
-    from web.services import build_services, register_initial_slide
 
     folder = tmp_path_factory.mktemp("chat_browser_start")
     first = write_synthetic_slide(folder / "first.tiff", 2400, 1600, seed=8).path
-    config = WebConfig(port=_free_port(), data_dir=folder / "data", slide=first, sample_slide=False)
-    web = build_services(config)
-    register_initial_slide(web, config)
-    services = build_chat_services(config, web=web, store=Store(folder / "log.db"))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, services), host="127.0.0.1", port=config.port,
-            log_level="warning", timeout_graceful_shutdown=2,
-        )
-    )  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app server did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{config.port}/", services
-    server.should_exit = True
-    thread.join(timeout=30)
-    services.web.registry.close()
+    config = WebConfig(port=free_port(), data_dir=folder / "data", slide=first, sample_slide=False)
+    # create_app registers config.slide, as `python -m web --slide` does
+    services = build_chat_services(config, store=Store(folder / "log.db"))
+    with serving_app(config, services) as served:
+        yield served
 
 
 def _ask_in_page(driver, services, text: str, turns: int) -> None:
@@ -275,7 +187,7 @@ def _ask_in_page(driver, services, text: str, turns: int) -> None:
         time.sleep(0.25)
     else:
         raise AssertionError(f"the answer to {text!r} was not logged")
-    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
+    wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
 
 
 def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_path) -> None:
@@ -286,15 +198,15 @@ def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_p
     url, services = server_with_slide
     driver = browser
     driver.get(url)
-    first_url = _wait_for(
+    first_url = wait_for(
         driver, "const v = window.omnipathViewer; return v && v.instance && v.instance.dziUrl;"
     )
-    _wait_for(driver, SLIDE_LOADED)
+    wait_for(driver, SLIDE_LOADED)
 
     # Ask about the slide opened at start: no upload needed.
     _ask_in_page(driver, services, "Where is the lesion?", 2)
     _ask_in_page(driver, services, "And the grade?", 4)
-    _wait_for(
+    wait_for(
         driver,
         "return document.querySelector('#omnipath-chat').innerText.includes('And the grade?');",
     )
@@ -303,7 +215,7 @@ def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_p
 
     # Undo: the last exchange goes, its question returns to the box.
     driver.find_element("css selector", "#omnipath-undo").click()
-    _wait_for(
+    wait_for(
         driver,
         "return document.querySelector('#omnipath-question textarea').value === 'And the grade?';",
     )
@@ -313,21 +225,21 @@ def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_p
     # A new slide: a new conversation, the chat starts empty, no overlays.
     second = write_synthetic_slide(tmp_path / "second.tiff", 1800, 1200, seed=9).path
     driver.find_element("css selector", "#omnipath-upload input[type=file]").send_keys(str(second))
-    _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl !== '{first_url}';")
-    _wait_for(driver, SLIDE_LOADED)
-    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 0;")
+    wait_for(driver, f"return window.omnipathViewer.instance.dziUrl !== '{first_url}';")
+    wait_for(driver, SLIDE_LOADED)
+    wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 0;")
     assert "Where is the lesion?" not in driver.find_element("css selector", "#omnipath-chat").text
 
     # Reopen the first conversation from the list: its slide, turns and overlays come back.
     driver.find_element(By.XPATH, "//button[contains(., 'Conversations')]").click()
-    dropdown = _wait_for(driver, "return document.querySelector('#omnipath-conversations input');")
+    dropdown = wait_for(driver, "return document.querySelector('#omnipath-conversations input');")
     dropdown.click()
-    option = _wait_for(
+    option = wait_for(
         driver,
         "return [...document.querySelectorAll('#omnipath-conversations li, ul.options li')]"
         ".find(li => li.textContent.includes('Where is the lesion?'));",
     )
     option.click()
-    _wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{first_url}';")
-    _wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
+    wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{first_url}';")
+    wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
     assert "Where is the lesion?" in driver.find_element("css selector", "#omnipath-chat").text

@@ -8,60 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from web.viewer_component import OSD_BUILD_DIR
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.live_server import free_port, require_viewer_assets, serving_app
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
-        pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
-    import uvicorn
-
+    require_viewer_assets()
     from storage import Store
-    from web.app import create_app
     from web.chat_services import build_chat_services
     from web.config import WebConfig
 
     folder = tmp_path_factory.mktemp("e2e")
-    config = WebConfig(port=_free_port(), data_dir=folder / "data", sample_slide=False)
+    config = WebConfig(port=free_port(), data_dir=folder / "data", sample_slide=False)
     services = build_chat_services(config, store=Store(folder / "log.db"))
-    app = create_app(config, services)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=config.port,
-            log_level="warning",
-            timeout_graceful_shutdown=2,  # gradio_client keeps a stream open
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app server did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{config.port}/", services
-    server.should_exit = True
-    thread.join(timeout=30)
-    services.web.registry.close()
-    services.store.close()
+    with serving_app(config, services) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

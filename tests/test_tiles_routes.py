@@ -20,6 +20,7 @@ from omnipath.coords import dz_tile_to_l0
 from omnipath.errors import NotFoundError
 from omnipath.slide import content_hash, open_slide
 from omnipath.synth import write_synthetic_slide
+from tests.live_server import free_port, running_server
 from web import tiles as tiles_module
 from web.slide_registry import SlideRegistry
 from web.tile_cache import TileCache
@@ -42,11 +43,16 @@ def _service(max_open: int = 4, cache_bytes: int = 64 * 2**20) -> TileService:
     return TileService(SlideRegistry(max_open), TileCache(cache_bytes))
 
 
-def _client(service: TileService) -> TestClient:
+def _app(service: TileService) -> FastAPI:
+    """The deep-zoom routes with the tile-cache fast path, as web.app mounts them."""
     app = FastAPI()
     app.include_router(tile_router(service))
     app.add_middleware(TileCacheFastPath, service=service)
-    return TestClient(app)
+    return app
+
+
+def _client(service: TileService) -> TestClient:
+    return TestClient(_app(service))
 
 
 def test_dzi_describes_the_slide(slides: list[Path]) -> None:
@@ -325,9 +331,6 @@ def test_a_tile_being_rendered_does_not_hold_up_other_requests(slides: list[Path
     """Rendering runs in the threadpool: while one render is stuck, the event loop still
     answers other requests (a blocking handler would deadlock this test until the timeout)."""
     import http.client
-    import socket
-
-    import uvicorn
 
     service = _service()
     slide_id = service.registry.register(slides[0])
@@ -341,40 +344,28 @@ def test_a_tile_being_rendered_does_not_hold_up_other_requests(slides: list[Path
         return encode(*args, **kwargs)
 
     service._encode = stuck_encode
-    app = FastAPI()
-    app.include_router(tile_router(service))
-    app.add_middleware(TileCacheFastPath, service=service)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive()
-            threading.Event().wait(0.05)
+    port = free_port()
 
-        def get(path: str) -> int:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            connection.request("GET", path)
-            status = connection.getresponse().status
-            connection.close()
-            return status
+    def get(path: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", path)
+        status = connection.getresponse().status
+        connection.close()
+        return status
 
-        statuses: list[int] = []
-        blocked = threading.Thread(
-            target=lambda: statuses.append(get(f"/slides/{slide_id}_files/10/0_0.jpeg"))
-        )
-        blocked.start()
-        assert rendering.wait(30), "the first tile never started rendering"
-        assert get(f"/slides/{slide_id}.dzi") == 200  # answered while the render is stuck
-        assert get(f"/slides/{'0' * 64}.dzi") == 404
-        assert statuses == []  # the stuck request is indeed still waiting
-        release.set()
-        blocked.join(30)
-        assert statuses == [200]
-    finally:
-        release.set()
-        server.should_exit = True
-        thread.join(30)
+    with running_server(_app(service), port):
+        try:
+            statuses: list[int] = []
+            blocked = threading.Thread(
+                target=lambda: statuses.append(get(f"/slides/{slide_id}_files/10/0_0.jpeg"))
+            )
+            blocked.start()
+            assert rendering.wait(30), "the first tile never started rendering"
+            assert get(f"/slides/{slide_id}.dzi") == 200  # answered while the render is stuck
+            assert get(f"/slides/{'0' * 64}.dzi") == 404
+            assert statuses == []  # the stuck request is indeed still waiting
+            release.set()
+            blocked.join(30)
+            assert statuses == [200]
+        finally:
+            release.set()

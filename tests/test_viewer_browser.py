@@ -12,112 +12,49 @@ chromium or OpenSeadragon is absent.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from web.viewer_component import OSD_BUILD_DIR, mask_item, rect_item, viewer_state
+from tests.live_server import (
+    SLIDE_LOADED,
+    free_port,
+    headless_chromium,
+    require_viewer_assets,
+    serving_app,
+    wait_for,
+)
+from web.viewer_component import mask_item, rect_item, viewer_state
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real app with a slide opened at start (as --slide does)."""
-    if not (OSD_BUILD_DIR / "openseadragon.min.js").is_file():
-        pytest.skip("OpenSeadragon is not installed (run `npm ci` in web/viewer)")
-    import uvicorn
-
+    require_viewer_assets()
     from omnipath.synth import write_synthetic_slide
-    from web.app import create_app
     from web.config import WebConfig
 
     folder = tmp_path_factory.mktemp("browser")
     slide = write_synthetic_slide(folder / "slide.tiff", 3000, 2000, seed=3)
     config = WebConfig(
-        port=_free_port(), data_dir=folder / "data", slide=slide.path, sample_slide=False
+        port=free_port(), data_dir=folder / "data", slide=slide.path, sample_slide=False
     )
-    app = create_app(config)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app server did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{config.port}/"
-    server.should_exit = True
-    thread.join(timeout=30)
-    app.state.services.registry.close()
-    app.state.chat_services.store.close()
+    with serving_app(config) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip(
-            "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="omnipath-chromium-")
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_script_timeout(30)
-    try:
+    with headless_chromium(1280, 900) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
-def _wait_for(driver, script: str, timeout_s: float = 45) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
-SLIDE_LOADED = (
-    "const v = window.omnipathViewer && window.omnipathViewer.viewer;"
-    "const item = v && v.world.getItemAt(0); return !!item && item.getFullyLoaded();"
-)
 VIEW_BOUNDS = (  # the settled view in level-0 pixels [x, y, w, h], null while animating
     "const v = window.omnipathViewer.viewer;"
     "if (v.viewport.getZoom(true) !== v.viewport.getZoom(false)) return null;"
@@ -129,14 +66,14 @@ VIEW_BOUNDS = (  # the settled view in level-0 pixels [x, y, w, h], null while a
 def test_viewer_draws_the_slide_readouts_and_every_overlay_layer(server_url: str, browser) -> None:
     driver = browser
     driver.get(server_url)
-    banner = _wait_for(
+    banner = wait_for(
         driver,
         "const b = document.querySelector('#omnipath-model-banner'); return b && b.innerText;",
     )
     assert "tiny" in banner and "not connected" not in driver.find_element("tag name", "body").text
 
     # OpenSeadragon opened the DZI and drew every tile it wanted for the first view.
-    _wait_for(driver, SLIDE_LOADED)
+    wait_for(driver, SLIDE_LOADED)
     # The canvas holds slide pixels (tissue colours vary; an empty canvas would be uniform).
     spread = driver.execute_script(
         "const canvas = window.omnipathViewer.viewer.drawer.canvas;"
@@ -169,7 +106,7 @@ def test_viewer_draws_the_slide_readouts_and_every_overlay_layer(server_url: str
     )
     assert counts == [2, 1, 1]
     assert (
-        _wait_for(
+        wait_for(
             driver,
             "const img = document.querySelector('.ov-mask-image'); return img && img.complete && img.naturalWidth;",
         )
@@ -188,7 +125,7 @@ def test_viewer_draws_the_slide_readouts_and_every_overlay_layer(server_url: str
     )
     driver.execute_script("window.omnipathViewer.applyState(arguments[0]);", state)
     assert driver.execute_script("return document.querySelectorAll('.ov-overlay').length;") == 1
-    x, y, w, h = _wait_for(driver, VIEW_BOUNDS)
+    x, y, w, h = wait_for(driver, VIEW_BOUNDS)
     assert x <= 1200 and y <= 500 and x + w >= 1600 and y + h >= 800 and w < 1500
 
     # Back to the whole slide for the screenshot, with the cursor read-out exercised.
@@ -198,8 +135,8 @@ def test_viewer_draws_the_slide_readouts_and_every_overlay_layer(server_url: str
 
     canvas = driver.find_element("css selector", ".ov-canvas")
     ActionChains(driver).move_to_element_with_offset(canvas, 10, 10).perform()
-    assert "µm" in _wait_for(driver, "return document.querySelector('.ov-cursor').textContent;")
-    _wait_for(driver, "return window.omnipathViewer.viewer.world.getItemAt(0).getFullyLoaded();")
+    assert "µm" in wait_for(driver, "return document.querySelector('.ov-cursor').textContent;")
+    wait_for(driver, "return window.omnipathViewer.viewer.world.getItemAt(0).getFullyLoaded();")
     artifacts = REPO / "artifacts"
     artifacts.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(artifacts / "viewer.png"))
@@ -213,10 +150,10 @@ def test_a_file_that_is_not_a_slide_is_refused_with_a_sentence_and_the_slide_sta
 
     driver = browser
     driver.get(server_url)
-    opened = _wait_for(
+    opened = wait_for(
         driver, "const v = window.omnipathViewer; return v && v.instance && v.instance.dziUrl;"
     )
-    _wait_for(driver, SLIDE_LOADED)
+    wait_for(driver, SLIDE_LOADED)
     not_a_slide = tmp_path / "notes.svs"
     not_a_slide.write_text("these are notes, not a slide")
     with pytest.raises(SlideError) as refused:
@@ -224,7 +161,7 @@ def test_a_file_that_is_not_a_slide_is_refused_with_a_sentence_and_the_slide_sta
     driver.find_element("css selector", "#omnipath-upload input[type=file]").send_keys(
         str(not_a_slide)
     )
-    toast = _wait_for(
+    toast = wait_for(
         driver, "const t = document.querySelector('.toast-body'); return t && t.innerText;"
     )
     assert refused.value.message in toast and "Traceback" not in toast
