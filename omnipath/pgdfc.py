@@ -22,7 +22,7 @@ Frames: `grid_` (row, col) cells of the model's g×g token grid over the square 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -131,8 +131,17 @@ class AttentionProbe:
     own cost.
     """
 
-    def __init__(self, language_model: nn.Module, layer: int = 0) -> None:
+    def __init__(
+        self,
+        language_model: nn.Module,
+        layer: int = 0,
+        on_row: Callable[[torch.Tensor], None] | None = None,
+    ) -> None:
+        """on_row: called with `row` (B×L) as soon as it is known, still inside the prefill
+        (after layer `layer`, before the later layers run): the engine starts the detail
+        reads there. Its time is not part of `seconds`; its exceptions end the prefill."""
         self.attn = attention_module(language_model, layer)
+        self.on_row = on_row
         self.row: torch.Tensor | None = None
         self.heads: torch.Tensor | None = None
         self.seconds = 0.0
@@ -170,6 +179,8 @@ class AttentionProbe:
         if hidden.is_cuda:
             torch.cuda.synchronize(hidden.device)
         self.seconds = time.perf_counter() - start
+        if self.on_row is not None:
+            self.on_row(self.row)
         return None
 
     def __enter__(self) -> AttentionProbe:
@@ -376,16 +387,38 @@ MAX_READ_THREADS = 8
 
 def read_detail_patches(slide: Any, rects: Sequence[L0Rect], out_side: int) -> torch.Tensor:
     """High-resolution reads through the slide layer → S×3×out_side×out_side float in [0, 1]."""
-    from concurrent.futures import ThreadPoolExecutor
+    return DetailReads(slide, rects, out_side).result()
 
-    def read(rect: L0Rect) -> Image.Image:
-        return slide.read_l0_region(rect, (out_side, out_side))
 
-    if len(rects) <= 1:
-        return images_to_tensor([read(rect) for rect in rects])
-    with ThreadPoolExecutor(max_workers=min(MAX_READ_THREADS, len(rects))) as pool:
-        images = list(pool.map(read, rects))
-    return images_to_tensor(images)
+class DetailReads:
+    """Detail reads started in background threads; `result()` waits for them.
+
+    The engine starts them from the probe's hook, right after layer 0 of the prefix prefill
+    gave Ψ, so the reads (I/O and JPEG decoding in OpenSlide, which release the GIL) overlap
+    layers 1..L of that prefill. `result()` → S×3×out_side×out_side float in [0, 1], in the
+    order of `rects`; a read's exception is raised there.
+    """
+
+    def __init__(self, slide: Any, rects: Sequence[L0Rect], out_side: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.count = len(rects)
+        self.out_side = int(out_side)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_READ_THREADS, len(rects))))
+        self._futures = [
+            self._pool.submit(slide.read_l0_region, rect, (self.out_side, self.out_side))
+            for rect in rects
+        ]
+        self._pool.shutdown(wait=False)  # the threads end once the submitted reads are done
+
+    def result(self) -> torch.Tensor:
+        if not self._futures:
+            return torch.zeros(0, 3, self.out_side, self.out_side)
+        try:
+            return images_to_tensor([future.result() for future in self._futures])
+        finally:
+            for future in self._futures:
+                future.cancel()
 
 
 def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:

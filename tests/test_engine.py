@@ -437,7 +437,8 @@ def test_synthetic_pyramidal_slide_read_at_the_detail_magnification(
     engine: Engine, tmp_path
 ) -> None:
     """A generated 40× (0.25 µm/px) pyramidal TIFF: each detail patch is the encoder's input
-    at 20×, i.e. thumb_side × 2 level-0 pixels around a tissue cell's centre."""
+    at 20×, i.e. detail_side × 2 level-0 pixels around a tissue cell's centre (detail_side:
+    the encoder's input at the detail scales, one base tile by default)."""
     from omnipath.slide import open_slide
     from omnipath.synth import write_synthetic_slide
 
@@ -447,7 +448,7 @@ def test_synthetic_pyramidal_slide_read_at_the_detail_magnification(
         _, answer = _run(engine, opened, s=4)
         frame = ThumbFrame(4096, 3072, engine.model.thumb_side)
         tissue = opened.tissue_mask(64, 64)
-    window = engine.model.thumb_side * (10.0 / 20.0) / 0.25
+    window = engine.model.detail_side * (10.0 / 20.0) / 0.25
     assert len(answer.regions) == 4
     for region in answer.regions:
         rect = region.l0_rect
@@ -461,3 +462,132 @@ def test_synthetic_pyramidal_slide_read_at_the_detail_magnification(
         r0, r1 = rect.y * 64 // 3072, max(rect.y * 64 // 3072 + 1, rect.y1 * 64 // 3072)
         c0, c1 = rect.x * 64 // 4096, max(rect.x * 64 // 4096 + 1, rect.x1 * 64 // 4096)
         assert tissue[r0:r1, c0:c1].max() > 0
+
+
+# --- detail cache, read overlap, detail scales ------------------------------------------------
+
+
+def test_detail_cache_hits_on_a_repeated_question_with_identical_answers(
+    tiny: tuple, slide
+) -> None:
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, model_id="tiny", revision=None, demo=True)
+    first = _run(engine, slide, s=4)[1]
+    assert first.tokens["detail_patches_cached"] == 0 and len(engine.details) == 4
+    second = _run(engine, slide, s=4)[1]
+    assert second.tokens["detail_patches_cached"] == 4
+    assert second.timings["detail_read"] == 0.0 and second.timings["detail_encode"] == 0.0
+    assert second.text == first.text and second.regions == first.regions
+    # a different S reuses the cells it shares and reads only the new ones
+    more = _run(engine, slide, s=6)[1]
+    assert more.tokens["detail_patches_cached"] == 4 and len(engine.details) == 6
+    uncached = Engine(
+        model, tokenizer, model_id="tiny", revision=None, demo=True, detail_cache_size=0
+    )
+    fresh = _run(uncached, slide, s=6)[1]
+    assert fresh.tokens["detail_patches_cached"] == 0 and len(uncached.details) == 0
+    assert fresh.text == more.text and fresh.regions == more.regions
+
+
+def test_detail_cache_is_lru_and_keyed_by_slide_and_rect(slide) -> None:
+    from omnipath.engine.details import DetailCache
+
+    cache = DetailCache(max_entries=2)
+    keys = [cache.key(slide, L0Rect(i, 0, 64, 64), 32, 4) for i in range(3)]
+    for i, key in enumerate(keys):
+        cache.put(slide, key, torch.full((4, 8), float(i)))
+    assert len(cache) == 2 and cache.get(keys[0]) is None
+    assert cache.get(keys[2])[0, 0] == 2.0
+    assert cache.key(slide, L0Rect(0, 0, 64, 64), 32, 4) != cache.key(
+        slide, L0Rect(0, 0, 64, 64), 32, 9
+    )
+
+
+def test_overlapped_reads_give_the_sequential_regions_and_answers(
+    tiny: tuple, slide, monkeypatch
+) -> None:
+    from omnipath import pgdfc
+
+    model, tokenizer = tiny
+    events: list[str] = []
+    started = pgdfc.DetailReads.__init__
+
+    def logged_start(self, *args, **kwargs):
+        events.append("reads")
+        started(self, *args, **kwargs)
+
+    monkeypatch.setattr(pgdfc.DetailReads, "__init__", logged_start)
+    last_layer = model.language_model.get_decoder().layers[-1]
+    hook = last_layer.register_forward_pre_hook(lambda m, a: events.append("last layer"))
+    answers, orders = {}, {}
+    for overlap in (True, False):
+        events.clear()
+        engine = Engine(
+            model,
+            tokenizer,
+            model_id="tiny",
+            revision=None,
+            demo=True,
+            detail_cache_size=0,
+            overlap_detail_reads=overlap,
+        )
+        answers[overlap] = [
+            _run(engine, slide, s=5, max_new_tokens=8)[1],
+            _run(engine, slide, s=3, pgdfc_mode="random", seed=3)[1],
+        ]
+        orders[overlap] = list(events)
+    hook.remove()
+    # overlapped: the reads start before the prefix prefill reaches its last layer;
+    # sequential: only after the prefill
+    assert orders[True][:2] == ["reads", "last layer"]
+    assert orders[False][:2] == ["last layer", "reads"]
+    for overlapped, sequential in zip(answers[True], answers[False], strict=True):
+        assert overlapped.regions == sequential.regions
+        assert overlapped.text == sequential.text
+        assert overlapped.tokens == sequential.tokens
+
+
+def test_detail_scale_factors_keep_the_token_count_and_encode_one_tile() -> None:
+    """Detail patches at scale 1 only: one base tile per tower per patch (counted), the same
+    P tokens per patch and projector layout as the full multi-scale stack."""
+    from omnipath.model import OmniPathForConditionalGeneration, tiny_config
+
+    torch.manual_seed(0)
+    model = OmniPathForConditionalGeneration(tiny_config()).eval()
+    assert model.config.pgdfc_config.detail_scale_factors is None  # default → [1]
+    assert model.detail_side == model.config.vision_config.image_size
+    tiles_seen: list[int] = []
+    hooks = [
+        tower.register_forward_pre_hook(lambda m, args: tiles_seen.append(args[0].shape[0]))
+        for tower in model.vision.towers()
+    ]
+    patches = torch.rand(3, 3, model.detail_side, model.detail_side)
+    with torch.no_grad():
+        one_scale = model.encode_detail_patches(patches, 4)
+        assert tiles_seen == [3, 3]  # S tiles per tower, one tower call each
+        tiles_seen.clear()
+        model.config.pgdfc_config.detail_scale_factors = [1, 2]
+        full = model.encode_detail_patches(patches, 4)
+        assert tiles_seen == [3, 12, 3, 12]  # scale 1 + scale 2 (2×2 tiles) per tower
+        assert model.detail_side == 2 * model.config.vision_config.image_size
+    for hook in hooks:
+        hook.remove()
+    assert one_scale.shape == full.shape == (3, 4, model.config.text_config.hidden_size)
+    assert not torch.allclose(one_scale, full)  # really a different (cheaper) encoding
+    # the scale-2 slots of a scale-1 encoding repeat the scale-1 map (nearest encoded scale)
+    with torch.no_grad():
+        fused = model.vision(patches, encode_scales=[1])
+    half = fused.shape[1] // 4  # channels: (siglip k1, siglip k2, uni k1, uni k2)
+    siglip = model.vision.siglip.channels
+    assert torch.equal(fused[:, :siglip], fused[:, siglip : 2 * siglip])
+    assert half > 0
+
+
+def test_bad_detail_scale_factors_are_refused() -> None:
+    from omnipath.model import tiny_config
+    from omnipath.model.configuration import ModelInputError, OmniPathConfig
+
+    config = tiny_config().to_dict()
+    config["pgdfc_config"]["detail_scale_factors"] = [0]
+    with pytest.raises(ModelInputError, match="detail_scale_factors"):
+        OmniPathConfig(**config)

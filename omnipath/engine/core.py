@@ -30,6 +30,7 @@ import torch
 from omnipath import pgdfc
 from omnipath.boxes import boxes_from_text
 from omnipath.coords import L0Rect, ThumbFrame
+from omnipath.engine.details import DetailCache
 from omnipath.engine.masks import place_mask, region_map, region_sentence
 from omnipath.engine.options import MAX_NEW_TOKENS_LIMIT, AnswerOptions
 from omnipath.engine.prompt import PromptIds, build_prompt, check_history, detail_block_ids
@@ -54,6 +55,7 @@ TOKEN_COUNTS = (
     "masks",
     "history_messages",
     "thumbnail_cached",
+    "detail_patches_cached",
 )
 MAX_QUESTION_CHARS = 8000
 
@@ -66,12 +68,18 @@ def _sync(device: torch.device) -> None:
 
 @dataclass
 class _Pgdfc:
-    """What PGDFC contributed to one question."""
+    """What PGDFC contributed to one question (planned from Ψ, then read and encoded)."""
 
     regions: list[Region] = field(default_factory=list)
     block_ids: list[list[int]] = field(default_factory=list)
     detail_tokens: torch.Tensor | None = None  # S×P×D
     dropped: int = 0
+    read_rects: list[L0Rect] = field(default_factory=list)
+    out_side: int = 0
+    tokens_per_patch: int = 1
+    cached: dict[int, torch.Tensor] = field(default_factory=dict)  # patch index → P×D
+    reads: pgdfc.DetailReads | None = None  # the patches not cached, being read
+    read_started: float = 0.0
 
 
 class Engine:
@@ -92,10 +100,15 @@ class Engine:
         thumb_cache_size: int = 8,
         max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
         stop_token_ids: set[int] | None = None,
+        detail_cache_size: int = 256,
+        overlap_detail_reads: bool = True,
     ) -> None:
         """stop_token_ids: the tokens that end an answer (default: EOS and the chat template's
         end-of-turn marker); an empty set makes every answer run to max_new_tokens, which is
-        what benchmarks comparing latencies need."""
+        what benchmarks comparing latencies need. detail_cache_size: encoded detail patches
+        kept for follow-up questions (0: none). overlap_detail_reads: start the detail reads
+        from the probe's hook, as soon as layer 0 gave Ψ, so they run while layers 1..L of the
+        prefix prefill still compute (False: read after the prefill; same results)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -104,6 +117,8 @@ class Engine:
         self.quantization = quantization
         self.max_new_tokens_limit = max_new_tokens_limit
         self.thumbs = ThumbnailCache(thumb_cache_size)
+        self.details = DetailCache(detail_cache_size)
+        self.overlap_detail_reads = bool(overlap_detail_reads)
         self._lock = threading.Lock()
         self._stop_ids = self._find_stop_ids() if stop_token_ids is None else set(stop_token_ids)
 
@@ -298,18 +313,31 @@ class Engine:
             yield self._finish(answer, start, thumb, [], [], options)
             return
 
+        planned: list[_Pgdfc] = []
+
+        def plan(row: torch.Tensor) -> None:  # Ψ known: choose cells, start their reads
+            started = time.perf_counter()
+            planned.append(
+                self._plan_details(slide, thumb, tissue, grid, row[0], prompt, base_tokens, options)
+            )
+            timings["detail_plan"] = time.perf_counter() - started
+
+        on_row = plan if options.pgdfc_mode != "off" and self.overlap_detail_reads else None
         cache, last_hidden, row = self._prefill_prefix(
-            prompt, thumb, region_embeds, options, timings
+            prompt, thumb, region_embeds, options, timings, on_row
         )
+        if planned:  # planned inside the prefill: not the prefill's own cost
+            timings["prefill"] -= timings["detail_plan"]
         details = _Pgdfc()
         if options.pgdfc_mode != "off":
-            details = self._detail_features(
-                slide, thumb, tissue, grid, row, prompt, base_tokens, options, timings
-            )
+            if not planned:  # sequential path (or a probe without the hook): plan now
+                plan(row.unsqueeze(0))
+            details = self._detail_features(slide, planned[0], timings)
         tokens.update(
             detail_patches=len(details.regions),
             detail_patches_dropped=details.dropped,
             detail=sum(len(b) for b in details.block_ids),
+            detail_patches_cached=len(details.cached),
         )
         answer.regions = details.regions
         logits, hidden = self._prefill_rest(cache, last_hidden, details, prompt.suffix_ids, timings)
@@ -412,9 +440,11 @@ class Engine:
         region_embeds: torch.Tensor | None,
         options: AnswerOptions,
         timings: dict,
+        on_row: Any = None,
     ) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
         """Prefill [e_v, e_t] into a fresh KV cache; Ψ's row captured on the way (not for
-        mode off). Returns (cache, last hidden state D, Ψ's row L or None)."""
+        mode off; `on_row(row 1×L)` is called inside the prefill as soon as Ψ is known).
+        Returns (cache, last hidden state D, Ψ's row L or None)."""
         started = time.perf_counter()
         embeds = self._embed(prompt.prefix_ids, thumb.tokens, region_embeds)
         row = None
@@ -422,7 +452,7 @@ class Engine:
             out = self._decoder()(inputs_embeds=embeds, use_cache=True)
         else:
             layer = int(self._setting("probe_layer", 0))
-            with pgdfc.AttentionProbe(self.model.language_model, layer) as probe:
+            with pgdfc.AttentionProbe(self.model.language_model, layer, on_row) as probe:
                 out = self._decoder()(inputs_embeds=embeds, use_cache=True)
             row = probe.row[0]
             timings["probe"] = probe.seconds
@@ -430,7 +460,7 @@ class Engine:
         timings["prefill"] += time.perf_counter() - started - timings["probe"]
         return out.cache, out.last_hidden_state[0, -1], row
 
-    def _detail_features(
+    def _plan_details(
         self,
         slide: Any,
         thumb: ThumbFeatures,
@@ -440,9 +470,9 @@ class Engine:
         prompt: PromptIds,
         base_tokens: int,
         options: AnswerOptions,
-        timings: dict,
     ) -> _Pgdfc:
-        """Cells → level-0 reads → detail tokens and position texts, within the budget."""
+        """Ψ's row L → cells → level-0 rectangles and detail blocks within the token budget;
+        the reads of the patches not in the detail cache are started (background threads)."""
         psi = pgdfc.psi_grid(row, prompt.image_positions, grid)
         cells = pgdfc.select_cells(
             mode=options.pgdfc_mode, s=options.s, tissue=tissue, psi=psi, seed=options.seed
@@ -451,7 +481,9 @@ class Engine:
         context = float(self._setting("context_fraction", pgdfc.DETAIL_CONTEXT))
         slide_mpp = _slide_mpp(slide)
         detail_mpp = 10.0 / float(self._setting("detail_magnification", 20.0))
-        encoder_side = int(self.model.thumb_side)
+        # What the encoder consumes per detail patch (OmniPath: max(detail_scale_factors) ×
+        # the base tile; the LLaVA adapter: its thumbnail side).
+        encoder_side = int(getattr(self.model, "detail_side", self.model.thumb_side))
         window = pgdfc.detail_window_l0(
             encoder_side=encoder_side, slide_mpp=slide_mpp, detail_mpp=detail_mpp
         )
@@ -479,24 +511,62 @@ class Engine:
             max_new_tokens=options.max_new_tokens,
             context_length=self.context_length,
         )
-        regions, blocks, read_rects = regions[:keep], blocks[:keep], read_rects[:keep]
-        result = _Pgdfc(regions=regions, block_ids=blocks, dropped=len(texts) - keep)
-        if not regions:
-            return result
-        started = time.perf_counter()
-        out_side = pgdfc.detail_read_side(
-            read_rects[0].w, slide_mpp=slide_mpp, detail_mpp=detail_mpp, encoder_side=encoder_side
+        plan = _Pgdfc(
+            regions=regions[:keep],
+            block_ids=blocks[:keep],
+            dropped=len(texts) - keep,
+            read_rects=read_rects[:keep],
+            tokens_per_patch=per_patch,
         )
-        patches = pgdfc.read_detail_patches(slide, read_rects, out_side)
-        timings["detail_read"] = time.perf_counter() - started
-        started = time.perf_counter()
-        with torch.inference_mode():
-            result.detail_tokens = self.model.encode_detail_patches(
-                patches.to(self.device), per_patch
-            )
-        _sync(self.device)
-        timings["detail_encode"] = time.perf_counter() - started
-        return result
+        if not plan.regions:
+            return plan
+        plan.out_side = pgdfc.detail_read_side(
+            plan.read_rects[0].w,
+            slide_mpp=slide_mpp,
+            detail_mpp=detail_mpp,
+            encoder_side=encoder_side,
+        )
+        to_read = []
+        for index, rect in enumerate(plan.read_rects):
+            hit = self.details.get(self.details.key(slide, rect, plan.out_side, per_patch))
+            if hit is not None:
+                plan.cached[index] = hit
+            else:
+                to_read.append(rect)
+        plan.read_started = time.perf_counter()
+        if to_read:
+            plan.reads = pgdfc.DetailReads(slide, to_read, plan.out_side)
+        return plan
+
+    def _detail_features(self, slide: Any, plan: _Pgdfc, timings: dict) -> _Pgdfc:
+        """Wait for the planned reads, encode the patches not cached (one batch), fill the
+        detail cache. `detail_read` is the time spent waiting for reads after the prefill (the
+        part the overlap did not hide); on the sequential path, the whole read."""
+        if not plan.regions:
+            return plan
+        missing = [i for i in range(len(plan.read_rects)) if i not in plan.cached]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing and plan.reads is not None:
+            started = time.perf_counter()
+            patches = plan.reads.result()
+            timings["detail_read"] = time.perf_counter() - started
+            started = time.perf_counter()
+            with torch.inference_mode():
+                encoded = self.model.encode_detail_patches(
+                    patches.to(self.device), plan.tokens_per_patch
+                )
+            _sync(self.device)
+            timings["detail_encode"] = time.perf_counter() - started
+            for index, tokens in zip(missing, encoded, strict=True):
+                fresh[index] = tokens
+                key = self.details.key(
+                    slide, plan.read_rects[index], plan.out_side, plan.tokens_per_patch
+                )
+                self.details.put(slide, key, tokens)
+        parts = [plan.cached.get(i, fresh.get(i)) for i in range(len(plan.read_rects))]
+        plan.detail_tokens = torch.stack(parts)
+        plan.reads = None
+        return plan
 
     @torch.inference_mode()
     def _prefill_rest(

@@ -104,6 +104,15 @@ class OmniPathPgdfcConfig(PreTrainedConfig):
     - `background_threshold`: a grid cell whose tissue fraction is below this is background.
     - `context_fraction`: extra fraction of the cell size read on every side of a cell.
     - `probe_layer`: the LLM layer whose attention (last input token → image tokens) ranks cells.
+    - `detail_scale_factors`: the multi-scale factors at which a DETAIL patch is encoded
+      (None → [1]: one base-size tile per tower per patch). Multi-scale fusion exists to give
+      the low-magnification thumbnail fine detail; a detail patch read at the detail
+      magnification already is that fine detail, so magnifying it further only interpolates
+      its pixels at k² times the tower cost. The fused map keeps the channel layout of
+      `scale_factors` (a slot of a scale not encoded holds the nearest encoded scale's map),
+      so the projector and the token count are unchanged. The detail read side is
+      max(detail_scale_factors) × SigLIP's base size (`model.detail_side`): magnification
+      is kept, the field of view per patch follows the encoder's input.
     """
 
     model_type = "omnipath_pgdfc"
@@ -115,6 +124,12 @@ class OmniPathPgdfcConfig(PreTrainedConfig):
     background_threshold: float = 0.2
     context_fraction: float = 0.25
     probe_layer: int = 0
+    detail_scale_factors: list[int] | None = None
+
+    @property
+    def resolved_detail_scale_factors(self) -> list[int]:
+        scales = self.detail_scale_factors
+        return [1] if not scales else [int(k) for k in scales]
 
 
 # Vicuna-13B (LLaVA-1.5-13B's LM); vocabulary 32000 + <image> + <mask>, padded to 32064.
@@ -205,6 +220,13 @@ class OmniPathConfig(PreTrainedConfig):
             )
         if len(set(self.scale_factors)) != len(self.scale_factors):
             raise ModelInputError(f"scale_factors must not repeat, got {self.scale_factors}.")
+        detail_scales = self.pgdfc_config.detail_scale_factors
+        if detail_scales is not None and any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in detail_scales
+        ):
+            raise ModelInputError(
+                f"pgdfc detail_scale_factors must be positive integers, got {detail_scales}."
+            )
         vocab = self.text_config.vocab_size
         for name in ("image_token_id", "mask_token_id"):
             token_id = getattr(self, name)
@@ -373,6 +395,60 @@ def small_config() -> OmniPathConfig:
         tie_word_embeddings=True,
     )
     mask = OmniPathMaskConfig(transformer_dim=128, decoder_mlp_dim=512, iou_head_hidden_dim=128)
+    return OmniPathConfig(
+        vision_config=vision,
+        uni_config=uni,
+        text_config=text,
+        mask_config=mask,
+        pgdfc_config=OmniPathPgdfcConfig(tokens_per_patch=36),
+        scale_factors=[1, 2],
+        image_token_id=TINY_IMAGE_ID,
+        mask_token_id=TINY_MASK_ID,
+    )
+
+
+def llm_heavy_100m_config() -> OmniPathConfig:
+    """About 100M parameters in the paper's PROPORTIONS, for benchmarks (random weights).
+
+    LLaVA-1.5-13B, the paper's base, spends ~94 % of its parameters in the LLM; `small_config`
+    spends most of its ~100M in the vision towers and the mask encoder instead, which makes
+    vision (and so PGDFC's detail encoding) look far costlier next to the LLM than in the
+    paper. Here ~90 % sit in the LLM: a SmolLM2-like Llama (GQA, tied embeddings, 49152-token
+    vocabulary) of 12 layers at width 640; two small towers with `small_config`'s grids
+    (SigLIP 384 px / patch 16 → g = 24, 576 image tokens; UNI 224 px / patch 16 → 14×14),
+    4 layers at width 192 each; scales [1, 2] → 768 px thumbnails; a small ResNet mask
+    encoder. Its special-token ids are the tiny tokenizer's (`build_tiny_tokenizer()`).
+    """
+    vision = SiglipVisionConfig(
+        hidden_size=192,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        image_size=384,
+        patch_size=16,
+        vision_use_head=False,
+    )
+    uni = OmniPathUniConfig(image_size=224, patch_size=16, embed_dim=192, depth=4, num_heads=3)
+    text = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=640,
+        intermediate_size=1792,
+        num_hidden_layers=12,
+        num_attention_heads=10,
+        num_key_value_heads=5,
+        max_position_embeddings=8192,
+        bos_token_id=TINY_BOS_ID,
+        eos_token_id=TINY_EOS_ID,
+        pad_token_id=TINY_PAD_ID,
+        tie_word_embeddings=True,
+    )
+    mask = OmniPathMaskConfig(
+        encoder_layers=[1, 1, 1, 1],
+        encoder_width_per_group=16,
+        transformer_dim=128,
+        decoder_mlp_dim=512,
+        iou_head_hidden_dim=128,
+    )
     return OmniPathConfig(
         vision_config=vision,
         uni_config=uni,

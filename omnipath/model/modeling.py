@@ -145,6 +145,13 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         return self.config.resolved_thumb_side
 
     @property
+    def detail_side(self) -> int:
+        """Side (px) of a detail patch at the detail magnification: the encoder's input for
+        the scales detail patches are encoded at (pgdfc_config.detail_scale_factors)."""
+        scales = self.config.pgdfc_config.resolved_detail_scale_factors
+        return max(scales) * self.config.vision_config.image_size
+
+    @property
     def vision_dtype(self) -> torch.dtype:
         return self.projector.linear_1.weight.dtype
 
@@ -177,7 +184,11 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
 
     def encode_detail_patches(self, images: torch.Tensor, tokens_per_patch: int) -> torch.Tensor:
         """S×3×H×W in [0,1] → S×P×D_llm: the same towers and fusion, the fused map
-        average-pooled to p×p (P = p·p = tokens_per_patch), then projected. Row-major tokens."""
+        average-pooled to p×p (P = p·p = tokens_per_patch), then projected. Row-major tokens.
+
+        All S patches go through each tower in one batch, at the scales of
+        `pgdfc_config.detail_scale_factors` only (default [1]: one tile per tower per patch;
+        see OmniPathPgdfcConfig for why)."""
         p = math.isqrt(int(tokens_per_patch))
         if tokens_per_patch < 1 or p * p != tokens_per_patch or p > self.grid:
             raise ModelInputError(
@@ -189,7 +200,8 @@ class OmniPathForConditionalGeneration(OmniPathPreTrainedModel, GenerationMixin)
         hidden = self.config.text_config.hidden_size
         if images.shape[0] == 0:
             return images.new_zeros((0, p * p, hidden), dtype=self.vision_dtype)
-        feature_map = self.vision(images)
+        scales = self.config.pgdfc_config.resolved_detail_scale_factors
+        feature_map = self.vision(images, encode_scales=scales)
         pooled = F.adaptive_avg_pool2d(feature_map, p)
         return self.projector(self._to_projector(pooled.flatten(2).transpose(1, 2)))
 

@@ -146,18 +146,32 @@ class MultiScaleVision(nn.Module):
     def towers(self) -> list[nn.Module]:
         return [self.siglip, self.uni]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, encode_scales: list[int] | None = None) -> torch.Tensor:
+        """B×3×H×W in [0,1] → B×C_v×g×g, the channel layout always that of `scale_factors`.
+
+        encode_scales: the scales actually encoded (default: all of `scale_factors`). A slot
+        of a scale not encoded holds the map of the nearest encoded scale (the smaller one on
+        a tie). Detail patches use this (OmniPathPgdfcConfig.detail_scale_factors): a patch
+        read at the detail magnification already IS the fine view that the larger scales
+        give the thumbnail, so encoding it again magnified only interpolates its pixels.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ModelInputError(f"Images must be B×3×H×W, got shape {tuple(images.shape)}.")
+        scales = self.scale_factors if encode_scales is None else [int(k) for k in encode_scales]
+        if not scales or any(k < 1 for k in scales):
+            raise ModelInputError(f"Scales to encode must be positive integers, got {scales}.")
         # Towers may sit on different devices (device_map="auto"): gather on SigLIP's.
         device = next(self.siglip.parameters()).device
         maps = []
         for tower in self.towers():
-            for k in self.scale_factors:
+            encoded: dict[int, torch.Tensor] = {}
+            for k in sorted(set(scales)):
                 fmap = encode_at_scale(tower, images, k)
                 if fmap.shape[-1] != self.grid:
                     fmap = F.interpolate(
                         fmap, size=(self.grid, self.grid), mode="bilinear", align_corners=False
                     )
-                maps.append(fmap.to(device))
+                encoded[k] = fmap.to(device)
+            for k in self.scale_factors:
+                maps.append(encoded[min(encoded, key=lambda e, k=k: (abs(e - k), e))])
         return torch.cat(maps, dim=1)
