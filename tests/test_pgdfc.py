@@ -267,3 +267,39 @@ def test_probe_matches_eager_on_tiny_omnipath() -> None:
     psi = psi_grid(probe.row, list(range(1, n + 1)), model.grid)
     assert psi.shape == (model.grid, model.grid)
     assert np.allclose(psi.reshape(-1), expected[1 : n + 1].numpy(), atol=1e-5)
+
+
+class _ColourSlide:
+    """Answers each read with a solid image whose red channel is the rectangle's x."""
+
+    def read_l0_region(self, rect: L0Rect, out_size: tuple[int, int]):
+        from PIL import Image
+
+        if rect.x < 0:
+            raise ValueError("outside")
+        return Image.new("RGB", out_size, (rect.x, 0, 0))
+
+
+def test_background_detail_reads_keep_order_and_raise_on_result() -> None:
+    from omnipath.pgdfc import DetailReads, read_detail_patches
+
+    rects = [L0Rect(x, 0, 8, 8) for x in (30, 10, 200, 0, 90)]
+    patches = DetailReads(_ColourSlide(), rects, 4).result()
+    assert patches.shape == (5, 3, 4, 4)
+    assert [round(float(v) * 255) for v in patches[:, 0, 0, 0]] == [30, 10, 200, 0, 90]
+    assert torch.equal(read_detail_patches(_ColourSlide(), rects, 4), patches)
+    assert DetailReads(_ColourSlide(), [], 4).result().shape == (0, 3, 4, 4)
+    failing = DetailReads(_ColourSlide(), [L0Rect(5, 0, 8, 8), L0Rect(-1, 0, 8, 8)], 4)
+    with pytest.raises(ValueError, match="outside"):
+        failing.result()
+
+
+def test_probe_calls_on_row_inside_the_forward_before_later_layers() -> None:
+    model = _llama("sdpa")
+    order: list[str] = []
+    hook = model.model.layers[1].register_forward_pre_hook(lambda m, a: order.append("layer 1"))
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad(), AttentionProbe(model, on_row=lambda row: order.append("row")) as probe:
+        model.model(input_ids=ids, use_cache=True)
+    hook.remove()
+    assert order == ["row", "layer 1"] and probe.row.shape == (1, 12)
