@@ -51,9 +51,16 @@ _REGION_CSS = """
 _REGION_BIND = "\nwindow.omnipathChat.bindRegionControl(element, props, trigger, watch);\n"
 
 
-def _session(slide_id: str | None = None, meta: dict | None = None) -> dict[str, Any]:
+def _session(
+    slide_id: str | None = None, meta: dict | None = None, conversation_id: str | None = None
+) -> dict[str, Any]:
     """Per-browser state: the open conversation and its slide (shown in the viewer)."""
-    return {"conversation_id": None, "slide_id": slide_id, "meta": meta}
+    return {"conversation_id": conversation_id, "slide_id": slide_id, "meta": meta}
+
+
+def _session_of(result: dict[str, Any]) -> dict[str, Any]:
+    """The session for a conversation the handlers just opened (an upload, a reopen)."""
+    return _session(result["slide_id"], result["meta"], result["conversation_id"])
 
 
 def banner_markdown(banner: dict[str, Any]) -> str:
@@ -210,11 +217,10 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                 return gr.update()
             return gr.update(choices=choices, value=state.get("conversation_id"))
 
-        def on_upload(path: str | None, state: dict[str, Any], progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
-            if not path:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        def upload_slide(path: str, progress: gr.Progress) -> dict[str, Any]:
+            """handlers.upload_slide with Gradio's progress bar; errors as a sentence."""
             try:
-                result = handlers.upload_slide(
+                return handlers.upload_slide(
                     chat,
                     path,
                     file_name=Path(path).name,
@@ -222,11 +228,12 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                 )
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
-            state = {
-                "conversation_id": result["conversation_id"],
-                "slide_id": result["slide_id"],
-                "meta": result["meta"],
-            }
+
+        def on_upload(path: str | None, state: dict[str, Any], progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+            if not path:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            result = upload_slide(path, progress)
+            state = _session_of(result)
             return state, result["viewer_state"], [], "", refresh_conversations(state)
 
         def run_answer(
@@ -337,12 +344,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                 result = handlers.reopen_conversation(chat, conversation_id)
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
-            state = {
-                "conversation_id": result["conversation_id"],
-                "slide_id": result["slide_id"],
-                "meta": result["meta"],
-            }
-            return state, result["viewer_state"], result["messages"], ""
+            return _session_of(result), result["viewer_state"], result["messages"], ""
 
         def on_new(state):
             if not state.get("slide_id"):
@@ -355,14 +357,18 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             layers = viewer_state(state["slide_id"], state["meta"], handlers.empty_layers())
             return state, [], layers, ""
 
-        def on_export(state, fmt):
-            conversation_id = state.get("conversation_id")
-            if not conversation_id:
-                raise gr.Error("There is no conversation to export yet; upload a slide first.")
+        def write_export(conversation_id: str, fmt: str) -> str:
+            """The export written into download_dir (a path Gradio serves); errors as a sentence."""
             try:
                 return str(handlers.export_conversation(chat, conversation_id, fmt, download_dir))
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
+
+        def on_export(state, fmt):
+            conversation_id = state.get("conversation_id")
+            if not conversation_id:
+                raise gr.Error("There is no conversation to export yet; upload a slide first.")
+            return write_export(conversation_id, fmt)
 
         private = {"api_visibility": "private"}
         upload.upload(
@@ -419,15 +425,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             """Upload a slide; returns {slide_id, conversation_id, meta}."""
             if not path:
                 raise gr.Error("No file was sent.")
-            try:
-                result = handlers.upload_slide(
-                    chat,
-                    path,
-                    file_name=Path(path).name,
-                    progress=lambda fraction, text: progress(fraction, desc=text),
-                )
-            except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
+            result = upload_slide(path, progress)
             return {k: result[k] for k in ("slide_id", "conversation_id", "meta")}
 
         def api_ask(
@@ -450,12 +448,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
 
         def api_export(conversation_id, fmt):
             """Export a conversation as json, geojson or html; returns the file."""
-            try:
-                return str(
-                    handlers.export_conversation(chat, conversation_id or "", fmt, download_dir)
-                )
-            except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
+            return write_export(conversation_id or "", fmt)
 
         api_upload_button.click(
             api_upload,

@@ -76,26 +76,41 @@ class WebConfig:
         return Path(self.data_dir) / "exports"
 
 
-# field name -> environment variable (all optional)
-_ENV_NAMES = {
-    "host": "OMNIPATH_HOST",
-    "port": "OMNIPATH_PORT",
-    "data_dir": "OMNIPATH_DATA_DIR",
-    "max_open_slides": "OMNIPATH_MAX_OPEN_SLIDES",
-    "tile_cache_bytes": "OMNIPATH_TILE_CACHE_BYTES",
-    "jpeg_quality": "OMNIPATH_JPEG_QUALITY",
-    "slide": "OMNIPATH_SLIDE",
-    "sample_slide": "OMNIPATH_SAMPLE_SLIDE",
-    "model": "OMNIPATH_MODEL",
-    "model_dtype": "OMNIPATH_MODEL_DTYPE",
-    "quantization": "OMNIPATH_QUANTIZATION",
-    "device": "OMNIPATH_DEVICE",
-    "model_is_demo": "OMNIPATH_MODEL_IS_DEMO",
-    "database_url": "OMNIPATH_DATABASE_URL",
-    "max_upload_bytes": "OMNIPATH_MAX_UPLOAD_BYTES",
-    "log_file_names": "OMNIPATH_LOG_FILE_NAMES",
-    "max_concurrent_answers": "OMNIPATH_MAX_CONCURRENT_ANSWERS",
+# The settings that can come from outside, in --help order: field name -> help text. Each is
+# read from the environment variable OMNIPATH_<NAME> and the flag --<name-with-dashes>, except
+# the switches below.
+_SETTINGS: dict[str, str | None] = {
+    "host": "interface to listen on (default 127.0.0.1)",
+    "port": "port to listen on (default 7860)",
+    "data_dir": "where the sample slide and data live",
+    "max_open_slides": None,
+    "tile_cache_bytes": None,
+    "jpeg_quality": None,
+    "slide": "open this slide at start instead of the sample slide",
+    "sample_slide": "do not generate or open the sample slide",
+    "model": "tiny (default), a model folder or a hub id",
+    "model_dtype": ", ".join(DTYPES),
+    "quantization": "4bit or 8bit (default none)",
+    "device": "auto (default), cpu, cuda or cuda:N",
+    "model_is_demo": "true/false: label the model a demonstration (default: from the model id)",
+    "database_url": "SQLAlchemy URL of the log",
+    "max_upload_bytes": None,
+    "log_file_names": "keep uploaded file names in the log (they can identify patients)",
+    "max_concurrent_answers": None,
 }
+# Flags that take no value: field name -> (flag, the value it sets).
+_SWITCHES = {
+    "sample_slide": ("--no-sample-slide", "false"),
+    "log_file_names": ("--log-file-names", "true"),
+}
+
+
+def _env_name(name: str) -> str:
+    return f"OMNIPATH_{name.upper()}"
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def _convert(name: str, raw: str, source: str) -> object:
@@ -153,39 +168,12 @@ def _validate(config: WebConfig) -> WebConfig:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m web", description="Start the OmniPath app.")
-    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", help="port to listen on (default 7860)")
-    parser.add_argument("--data-dir", dest="data_dir", help="where the sample slide and data live")
-    parser.add_argument("--max-open-slides", dest="max_open_slides")
-    parser.add_argument("--tile-cache-bytes", dest="tile_cache_bytes")
-    parser.add_argument("--jpeg-quality", dest="jpeg_quality")
-    parser.add_argument("--slide", help="open this slide at start instead of the sample slide")
-    parser.add_argument(
-        "--no-sample-slide",
-        dest="sample_slide",
-        action="store_const",
-        const="false",
-        help="do not generate or open the sample slide",
-    )
-    parser.add_argument("--model", help="tiny (default), a model folder or a hub id")
-    parser.add_argument("--model-dtype", dest="model_dtype", help=", ".join(DTYPES))
-    parser.add_argument("--quantization", help="4bit or 8bit (default none)")
-    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--model-is-demo",
-        dest="model_is_demo",
-        help="true/false: label the model a demonstration (default: from the model id)",
-    )
-    parser.add_argument("--database-url", dest="database_url", help="SQLAlchemy URL of the log")
-    parser.add_argument("--max-upload-bytes", dest="max_upload_bytes")
-    parser.add_argument(
-        "--log-file-names",
-        dest="log_file_names",
-        action="store_const",
-        const="true",
-        help="keep uploaded file names in the log (they can identify patients)",
-    )
-    parser.add_argument("--max-concurrent-answers", dest="max_concurrent_answers")
+    for name, help_text in _SETTINGS.items():
+        if name in _SWITCHES:
+            flag, value = _SWITCHES[name]
+            parser.add_argument(flag, dest=name, action="store_const", const=value, help=help_text)
+        else:
+            parser.add_argument(_flag(name), dest=name, help=help_text)
     return parser
 
 
@@ -195,7 +183,8 @@ def load_config(
     """Defaults, then OMNIPATH_* variables from `environ` (os.environ when None), then `argv`."""
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
-    for name, env_name in _ENV_NAMES.items():
+    for name in _SETTINGS:
+        env_name = _env_name(name)
         if env_name in environ:
             values[name] = _convert(name, environ[env_name], f"the environment ({env_name})")
     try:
@@ -208,5 +197,5 @@ def load_config(
         ) from None
     for name, raw in vars(args).items():
         if raw is not None:
-            values[name] = _convert(name, raw, f"the command line (--{name.replace('_', '-')})")
+            values[name] = _convert(name, raw, f"the command line ({_flag(name)})")
     return _validate(dataclasses.replace(WebConfig(), **values))
