@@ -73,6 +73,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def _owned_children(*, back_populates: str, order_by: str) -> Any:
+    """A parent's list of children that live and die with it: the database deletes them
+    (ON DELETE CASCADE, so the ORM need not load them first: passive_deletes) and the ORM
+    deletes one removed from the list (delete-orphan)."""
+    return relationship(
+        back_populates=back_populates,
+        order_by=order_by,
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -114,11 +126,8 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     slide: Mapped[Slide] = relationship(back_populates="conversations")
-    turns: Mapped[list[Turn]] = relationship(
-        back_populates="conversation",
-        order_by="Turn.index",
-        cascade="all, delete-orphan",
-        passive_deletes=True,
+    turns: Mapped[list[Turn]] = _owned_children(
+        back_populates="conversation", order_by="Turn.index"
     )
 
 
@@ -159,17 +168,9 @@ class Turn(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="turns")
-    masks: Mapped[list[Mask]] = relationship(
-        back_populates="turn",
-        order_by="Mask.index",
-        cascade="all, delete-orphan",
-        passive_deletes=True,
-    )
-    feedback: Mapped[list[Feedback]] = relationship(
-        back_populates="turn",
-        order_by="Feedback.id",
-        cascade="all, delete-orphan",
-        passive_deletes=True,
+    masks: Mapped[list[Mask]] = _owned_children(back_populates="turn", order_by="Mask.index")
+    feedback: Mapped[list[Feedback]] = _owned_children(
+        back_populates="turn", order_by="Feedback.id"
     )
 
 

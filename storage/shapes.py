@@ -64,16 +64,24 @@ def _finite(value: Any, what: str) -> float:
     return number
 
 
-def l0_rect(value: Any, what: str) -> list[int]:
-    """[x, y, w, h] as ints from a sequence, a mapping or an object with x, y, w, h."""
-    if isinstance(value, Mapping) or hasattr(value, "w"):
-        parts = [_get(value, k) for k in ("x", "y", "w", "h")]
+def _four_parts(value: Any, keys: tuple[str, str, str, str], unit: str, what: str) -> list[Any]:
+    """The four parts of a rectangle given as a sequence, a mapping or an object with the
+    attributes `keys` (not yet checked as numbers); `unit` names them in the error."""
+    layout = f"[{', '.join(keys)}]"
+    if isinstance(value, Mapping) or all(hasattr(value, k) for k in keys):
+        parts = [_get(value, k) for k in keys]
     elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
         parts = list(value)
     else:
-        raise InvalidRecordError(f"{what} must be [x, y, w, h] in level-0 pixels, not {value!r}.")
+        raise InvalidRecordError(f"{what} must be {layout} {unit}, not {value!r}.")
     if len(parts) != 4:
-        raise InvalidRecordError(f"{what} must have 4 numbers [x, y, w, h], not {len(parts)}.")
+        raise InvalidRecordError(f"{what} must have 4 numbers {layout}, not {len(parts)}.")
+    return parts
+
+
+def l0_rect(value: Any, what: str) -> list[int]:
+    """[x, y, w, h] as ints from a sequence, a mapping or an object with x, y, w, h."""
+    parts = _four_parts(value, ("x", "y", "w", "h"), "in level-0 pixels", what)
     out = []
     for name, part in zip("xywh", parts, strict=True):
         number = _finite(part, f"{what}.{name}")
@@ -90,14 +98,7 @@ def l0_rect(value: Any, what: str) -> list[int]:
 
 def rel_box(value: Any, what: str) -> list[float]:
     """[x0, y0, x1, y1] as floats in 0..1 (x0 ≤ x1, y0 ≤ y1)."""
-    if isinstance(value, Mapping) or hasattr(value, "x0"):
-        parts = [_get(value, k) for k in ("x0", "y0", "x1", "y1")]
-    elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        parts = list(value)
-    else:
-        raise InvalidRecordError(f"{what} must be [x0, y0, x1, y1] fractions, not {value!r}.")
-    if len(parts) != 4:
-        raise InvalidRecordError(f"{what} must have 4 numbers [x0, y0, x1, y1], not {len(parts)}.")
+    parts = _four_parts(value, ("x0", "y0", "x1", "y1"), "fractions", what)
     # Clamped, not refused: a model may write 1.02; the l0_rect is what gets drawn.
     out = [min(1.0, max(0.0, _finite(p, f"{what}[{i}]"))) for i, p in enumerate(parts)]
     if out[0] > out[2] or out[1] > out[3]:
