@@ -4,7 +4,7 @@ Shared by the tests that talk to a running server (tests/test_chat_browser.py,
 tests/test_viewer_browser.py, tests/test_e2e_app.py, tests/test_tiles_routes.py):
 
     require_viewer_assets()                      # skip when OpenSeadragon is not installed
-    with serving_app(config, services) as (url, services): ...
+    with serving_app(tmp_folder, slide=path) as (url, services): ...
     with headless_chromium(1280, 900) as driver: wait_for(driver, SLIDE_LOADED)
 """
 
@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,12 +74,18 @@ def running_server(app: Any, port: int, *, start_timeout_s: float = 60) -> Itera
 
 
 @contextmanager
-def serving_app(config: Any, services: Any = None) -> Iterator[tuple[str, Any]]:
-    """The whole app (`web.app.create_app(config, services)`) served on config.port.
-    Yields (base URL, the app's ChatServices); closes its slide registry and log on exit."""
+def serving_app(folder: Path, **settings: Any) -> Iterator[tuple[str, Any]]:
+    """The whole app (`web.app.create_app`, the tiny model) on a free port, its data under
+    `folder`/data and its log in `folder`/log.db, no sample slide; `settings` are further
+    WebConfig fields (slide=... opens a slide at start). Yields (base URL, the app's
+    ChatServices); closes its slide registry and log on exit."""
+    from storage import Store
     from web.app import create_app
+    from web.chat_services import build_chat_services
+    from web.config import WebConfig
 
-    app = create_app(config, services)
+    config = WebConfig(port=free_port(), data_dir=folder / "data", sample_slide=False, **settings)
+    app = create_app(config, build_chat_services(config, store=Store(folder / "log.db")))
     chat = app.state.chat_services
     try:
         with running_server(app, config.port) as url:

@@ -16,7 +16,6 @@ import pytest
 
 from tests.live_server import (
     SLIDE_LOADED,
-    free_port,
     headless_chromium,
     require_viewer_assets,
     serving_app,
@@ -31,14 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     require_viewer_assets()
-    from storage import Store
-    from web.chat_services import build_chat_services
-    from web.config import WebConfig
-
-    folder = tmp_path_factory.mktemp("chat_browser")
-    config = WebConfig(port=free_port(), data_dir=folder / "data", sample_slide=False)
-    services = build_chat_services(config, store=Store(folder / "log.db"))
-    with serving_app(config, services) as served:
+    with serving_app(tmp_path_factory.mktemp("chat_browser")) as served:
         yield served
 
 
@@ -159,16 +151,10 @@ def server_with_slide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     """A server that opens a slide at start (as --slide or the sample slide do)."""
     require_viewer_assets()
     from omnipath.synth import write_synthetic_slide
-    from storage import Store
-    from web.chat_services import build_chat_services
-    from web.config import WebConfig
 
     folder = tmp_path_factory.mktemp("chat_browser_start")
     first = write_synthetic_slide(folder / "first.tiff", 2400, 1600, seed=8).path
-    config = WebConfig(port=free_port(), data_dir=folder / "data", slide=first, sample_slide=False)
-    # create_app registers config.slide, as `python -m web --slide` does
-    services = build_chat_services(config, store=Store(folder / "log.db"))
-    with serving_app(config, services) as served:
+    with serving_app(folder, slide=first) as served:
         yield served
 
 

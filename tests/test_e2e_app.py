@@ -14,20 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import free_port, require_viewer_assets, serving_app
+from tests.live_server import require_viewer_assets, serving_app
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
     require_viewer_assets()
-    from storage import Store
-    from web.chat_services import build_chat_services
-    from web.config import WebConfig
-
-    folder = tmp_path_factory.mktemp("e2e")
-    config = WebConfig(port=free_port(), data_dir=folder / "data", sample_slide=False)
-    services = build_chat_services(config, store=Store(folder / "log.db"))
-    with serving_app(config, services) as served:
+    with serving_app(tmp_path_factory.mktemp("e2e")) as served:
         yield served
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from storage import Store
 from storage.db import current_revision
 from storage.errors import DatabaseError, InvalidRecordError
 from tests import postgres
+from tests.threads import run_together
 
 postgres_server = postgres.postgres_server
 database_url = postgres.database_url
@@ -302,21 +302,11 @@ def test_deleting_a_conversation_cascades(store: Store, conversation: str) -> No
 
 
 def test_concurrent_writers_get_distinct_turn_indexes(store: Store, conversation: str) -> None:
-    errors: list[BaseException] = []
-
     def writer(n: int) -> None:
-        try:
-            for i in range(5):
-                store.log_turn(conversation, "user", f"writer {n} message {i}")
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
+        for i in range(5):
+            store.log_turn(conversation, "user", f"writer {n} message {i}")
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    run_together(writer, 3)
     indexes = [t["index"] for t in store.load_conversation(conversation)["turns"]]
     assert indexes == list(range(15))
 

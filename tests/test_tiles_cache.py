@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
 
+from tests.threads import run_together
 from web.tile_cache import TileCache
 
 
@@ -60,11 +60,9 @@ def test_negative_bound_is_refused() -> None:
 def test_threads_hammering_the_cache_keep_it_consistent() -> None:
     cache = TileCache(max_bytes=20_000)
     errors: list[str] = []
-    start = threading.Barrier(8)
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        start.wait()
         for _ in range(3000):
             key = rng.randrange(200)
             size = 4 * rng.randrange(1, 100)
@@ -77,11 +75,7 @@ def test_threads_hammering_the_cache_keep_it_consistent() -> None:
             if cache.stats().bytes > cache.max_bytes:
                 errors.append("the byte bound was exceeded")
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(worker, 8)
     assert errors == []
     stats = cache.stats()
     assert stats.bytes == sum(len(v) for v in cache._items.values())

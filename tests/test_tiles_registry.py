@@ -6,12 +6,12 @@ open real synthetic slides through omnipath.slide."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from pathlib import Path
 
 import pytest
 
 from omnipath.errors import NotFoundError
+from tests.threads import run_together
 from web.slide_registry import SlideRegistry, is_well_formed_id
 
 
@@ -122,10 +122,8 @@ def test_concurrent_leases_open_each_slide_once_and_respect_the_limit(files: lis
     registry = _registry(2, opened)
     ids = [registry.register(path) for path in files]
     errors: list[str] = []
-    start = threading.Barrier(6)
 
     def worker(offset: int) -> None:
-        start.wait()
         for step in range(300):
             slide_id = ids[(offset + step) % len(ids)]
             with registry.lease(slide_id) as lease:
@@ -134,10 +132,6 @@ def test_concurrent_leases_open_each_slide_once_and_respect_the_limit(files: lis
             if len(registry.open_ids()) > 2:
                 errors.append("more slides open than allowed")
 
-    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(worker, 6)
     assert errors == []
     assert sum(not slide.closed for slide in opened) == len(registry.open_ids())

@@ -21,6 +21,7 @@ from omnipath.errors import NotFoundError
 from omnipath.slide import content_hash, open_slide
 from omnipath.synth import write_synthetic_slide
 from tests.live_server import free_port, running_server
+from tests.threads import run_together
 from web import tiles as tiles_module
 from web.slide_registry import SlideRegistry
 from web.tile_cache import TileCache
@@ -195,11 +196,9 @@ def test_concurrent_requests_across_two_slides_get_the_right_bytes(slides: list[
     for path in slides:
         service.registry.register(path)
     errors: list[str] = []
-    start = threading.Barrier(8)
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        start.wait()
         for _ in range(40):
             address = rng.choice(addresses)
             try:
@@ -208,11 +207,7 @@ def test_concurrent_requests_across_two_slides_get_the_right_bytes(slides: list[
             except Exception as exc:  # noqa: BLE001 - any failure under concurrency is the bug
                 errors.append(repr(exc))
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(worker, 8)
     assert errors == []
     stats = service.cache.stats()
     assert stats.bytes <= stats.max_bytes and stats.evictions > 0

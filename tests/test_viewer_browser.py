@@ -20,7 +20,6 @@ import pytest
 
 from tests.live_server import (
     SLIDE_LOADED,
-    free_port,
     headless_chromium,
     require_viewer_assets,
     serving_app,
@@ -38,14 +37,10 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real app with a slide opened at start (as --slide does)."""
     require_viewer_assets()
     from omnipath.synth import write_synthetic_slide
-    from web.config import WebConfig
 
     folder = tmp_path_factory.mktemp("browser")
     slide = write_synthetic_slide(folder / "slide.tiff", 3000, 2000, seed=3)
-    config = WebConfig(
-        port=free_port(), data_dir=folder / "data", slide=slide.path, sample_slide=False
-    )
-    with serving_app(config) as (url, _):
+    with serving_app(folder, slide=slide.path) as (url, _):
         yield url
 
 
