@@ -72,7 +72,9 @@ def _as_postgres(command: list[str]) -> list[str]:
 def _run(command: list[str], what: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+        raise RuntimeError(
+            f"{what} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+        )
 
 
 def _unavailable(reason: str) -> None:
@@ -86,7 +88,9 @@ def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole test session, stopped and deleted at the end."""
     bin_dir = _bin_dir()
     if bin_dir is None:
-        _unavailable("no initdb/pg_ctl under /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+        _unavailable(
+            "no initdb/pg_ctl under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+        )
     root = Path(tempfile.mkdtemp(prefix="omnipath-pg-"))
     data = root / "data"
     log = root / "server.log"
@@ -101,18 +105,39 @@ def postgres_server() -> Iterator[PostgresServer]:
         port = free_port()
         try:
             _run(
-                _as_postgres([
-                    str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                    "-A", "trust", "-E", "UTF8", "--no-sync",
-                ]),
+                _as_postgres(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        "postgres",
+                        "-A",
+                        "trust",
+                        "-E",
+                        "UTF8",
+                        "--no-sync",
+                    ]
+                ),
                 "initdb",
             )
             options = f"-h 127.0.0.1 -p {port} -k {root} -F -c fsync=off -c full_page_writes=off"
             _run(
-                _as_postgres([
-                    str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log),
-                    "-o", options, "-w", "-t", "60", "start",
-                ]),
+                _as_postgres(
+                    [
+                        str(bin_dir / "pg_ctl"),
+                        "-D",
+                        str(data),
+                        "-l",
+                        str(log),
+                        "-o",
+                        options,
+                        "-w",
+                        "-t",
+                        "60",
+                        "start",
+                    ]
+                ),
                 "pg_ctl start",
             )
             started = True
@@ -123,15 +148,16 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         if started:
             subprocess.run(
-                _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                capture_output=True, timeout=60,
+                _as_postgres(
+                    [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
+                ),
+                capture_output=True,
+                timeout=60,
             )
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database: a SQLite file in tmp_path, or a new PostgreSQL database."""
     if request.param == "sqlite":

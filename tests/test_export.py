@@ -36,6 +36,7 @@ def _donut() -> np.ndarray:
 
 def _polygon_area(polygon: list[list[list[float]]]) -> float:
     """Shoelace area of [outer, holes...] with holes subtracted (any orientation)."""
+
     def ring_area(ring: list[list[float]]) -> float:
         pts = np.asarray(ring)
         return abs(float(np.sum(pts[:-1, 0] * pts[1:, 1] - pts[1:, 0] * pts[:-1, 1]) / 2))
@@ -48,22 +49,41 @@ def logged(database_url: str) -> tuple[Store, str]:
     """A conversation with two answers: regions, boxes (one partly off the slide),
     a donut mask, a two-piece mask, an empty mask, feedback, and a failed answer."""
     store = Store(database_url)
-    store.record_slide(SLIDE_ID, size_bytes=99, vendor="aperio", width=WIDTH, height=HEIGHT,
-                       mpp_x=0.5, mpp_y=0.5, stored_path="/srv/slides/c0.svs", file_name="x.svs")
+    store.record_slide(
+        SLIDE_ID,
+        size_bytes=99,
+        vendor="aperio",
+        width=WIDTH,
+        height=HEIGHT,
+        mpp_x=0.5,
+        mpp_y=0.5,
+        stored_path="/srv/slides/c0.svs",
+        file_name="x.svs",
+    )
     conv = store.start_conversation(SLIDE_ID, "tiny")
     two_pieces = np.zeros((10, 10), bool)
     two_pieces[1:4, 1:4] = True
     two_pieces[6:9, 5:9] = True
     store.log_turn(conv, "user", "Where is the lesion?")
     answer = store.log_turn(
-        conv, "assistant", "Here.", pgdfc_mode="attention", s=2,
-        regions=[{"rank": 1, "score": 0.61, "l0_rect": [0, 0, 250, 250]},
-                 {"rank": 2, "score": 0.2, "l0_rect": [1750, 1250, 250, 250]}],
+        conv,
+        "assistant",
+        "Here.",
+        pgdfc_mode="attention",
+        s=2,
+        regions=[
+            {"rank": 1, "score": 0.61, "l0_rect": [0, 0, 250, 250]},
+            {"rank": 2, "score": 0.2, "l0_rect": [1750, 1250, 250, 250]},
+        ],
         boxes=[{"rel": [0.9, 0.9, 1.0, 1.0], "l0_rect": [1900, 1400, 300, 300], "label": "lesion"}],
-        masks=[{"l0_rect": [100, 200, 400, 400], "png": _png(_donut())},
-               {"l0_rect": [1000, 500, 100, 100], "bitmap": two_pieces, "label": "glands"},
-               {"l0_rect": [0, 0, 10, 10], "bitmap": np.zeros((3, 3), bool)}],
-        timings={"decode": 0.25}, tokens={"generated": 2}, model_id="tiny",
+        masks=[
+            {"l0_rect": [100, 200, 400, 400], "png": _png(_donut())},
+            {"l0_rect": [1000, 500, 100, 100], "bitmap": two_pieces, "label": "glands"},
+            {"l0_rect": [0, 0, 10, 10], "bitmap": np.zeros((3, 3), bool)},
+        ],
+        timings={"decode": 0.25},
+        tokens={"generated": 2},
+        model_id="tiny",
     )
     store.add_feedback(answer, "like", comment="good")
     store.log_turn(conv, "user", "And the grade?")
@@ -125,7 +145,8 @@ def test_geojson_shapes_match_what_was_logged(logged: tuple[Store, str]) -> None
     assert "score 0.610" in region["properties"]["name"]
     # The box ran off the slide's corner: clipped to it.
     assert box["geometry"]["coordinates"] == [
-        [[1900, 1400], [2000, 1400], [2000, 1500], [1900, 1500], [1900, 1400]]]
+        [[1900, 1400], [2000, 1400], [2000, 1500], [1900, 1500], [1900, 1400]]
+    ]
     assert box["properties"]["name"].endswith("lesion")
     # The donut keeps its hole, and its area is its pixel count × (10 l0 px per bitmap px)².
     assert donut["geometry"]["type"] == "Polygon"
@@ -135,7 +156,9 @@ def test_geojson_shapes_match_what_was_logged(logged: tuple[Store, str]) -> None
     assert len(pieces["geometry"]["coordinates"]) == 2
     assert pieces["properties"]["omnipath"]["label"] == "glands"
     # Stable ids: exporting twice gives the same features.
-    assert [f["id"] for f in conversation_geojson(store, conv)["features"]] == [f["id"] for f in features]
+    assert [f["id"] for f in conversation_geojson(store, conv)["features"]] == [
+        f["id"] for f in features
+    ]
     only_masks = conversation_geojson(store, conv, regions=False, boxes=False)["features"]
     assert [f["properties"]["omnipath"]["kind"] for f in only_masks] == ["mask", "mask"]
 
@@ -178,8 +201,9 @@ def test_mask_polygons_scale_into_the_l0_rect() -> None:
     bitmap = np.zeros((4, 8), bool)
     bitmap[1:3, 2:6] = True
     (polygon,) = mask_polygons(_png(bitmap), [1000, 2000, 80, 40])
-    assert polygon == [[[1020.0, 2010.0], [1060.0, 2010.0], [1060.0, 2030.0],
-                        [1020.0, 2030.0], [1020.0, 2010.0]]]
+    assert polygon == [
+        [[1020.0, 2010.0], [1060.0, 2010.0], [1060.0, 2030.0], [1020.0, 2030.0], [1020.0, 2010.0]]
+    ]
 
 
 def test_turn_overlays_give_the_report_the_same_shapes_as_the_geojson(
@@ -206,4 +230,5 @@ def test_export_files_writes_both_documents(logged: tuple[Store, str], tmp_path)
     assert json.loads(paths["json"].read_text())["conversation"]["id"] == conv
     assert json.loads(paths["geojson"].read_text())["type"] == "FeatureCollection"
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == sorted(
-        [f"omnipath-{conv}.json", f"omnipath-{conv}.geojson"])
+        [f"omnipath-{conv}.json", f"omnipath-{conv}.geojson"]
+    )

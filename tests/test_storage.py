@@ -24,8 +24,15 @@ database_url = postgres.database_url
 
 REPO = Path(__file__).resolve().parents[1]
 SLIDE_ID = "5e" * 32
-SLIDE = dict(size_bytes=123_456, vendor="generic-tiff", width=4000, height=3000,
-             mpp_x=0.25, mpp_y=0.25, objective_power=40.0)
+SLIDE = dict(
+    size_bytes=123_456,
+    vendor="generic-tiff",
+    width=4000,
+    height=3000,
+    mpp_x=0.25,
+    mpp_y=0.25,
+    objective_power=40.0,
+)
 
 
 def _png(bitmap: np.ndarray) -> bytes:
@@ -64,7 +71,10 @@ def test_importing_storage_loads_no_torch_and_only_omnipath_errors() -> None:
 
 
 def test_record_slide_is_idempotent_and_keeps_file_names_out_by_default(store: Store) -> None:
-    assert store.record_slide(SLIDE_ID, stored_path="/a.tiff", file_name="patient-42.svs", **SLIDE) == SLIDE_ID
+    assert (
+        store.record_slide(SLIDE_ID, stored_path="/a.tiff", file_name="patient-42.svs", **SLIDE)
+        == SLIDE_ID
+    )
     store.record_slide(SLIDE_ID, stored_path="/b.tiff", file_name="patient-42.svs", **SLIDE)
     slide = store.get_slide(SLIDE_ID)
     assert _row_count(store, "slides") == 1
@@ -86,15 +96,25 @@ def test_a_conversation_reloads_with_its_slide_turns_and_overlays(
     bitmap[3:9, 5:20] = True
     store.log_turn(conversation, "user", "Where is the tumour?")
     answer = store.log_turn(
-        conversation, "assistant", "Here [0.1, 0.2, 0.3, 0.4].",
-        pgdfc_mode="attention", s=8,
-        regions=[{"rank": 1, "score": 0.75, "l0_rect": [0, 0, 500, 500]},
-                 {"rank": 2, "score": 0.5, "l0_rect": [500, 0, 500, 500]}],
+        conversation,
+        "assistant",
+        "Here [0.1, 0.2, 0.3, 0.4].",
+        pgdfc_mode="attention",
+        s=8,
+        regions=[
+            {"rank": 1, "score": 0.75, "l0_rect": [0, 0, 500, 500]},
+            {"rank": 2, "score": 0.5, "l0_rect": [500, 0, 500, 500]},
+        ],
         boxes=[{"rel": [0.1, 0.2, 0.3, 0.4], "l0_rect": [400, 600, 800, 600], "label": "tumour"}],
-        masks=[{"l0_rect": [400, 600, 800, 600], "png": _png(bitmap)},
-               {"l0_rect": [10, 20, 30, 40], "bitmap": bitmap[::-1]}],
-        timings={"vision": 0.5, "decode": 2.0}, tokens={"prompt": 800, "generated": 12},
-        model_id="tiny", revision="abc123", meta={"temperature": 0.0, "stopped": False},
+        masks=[
+            {"l0_rect": [400, 600, 800, 600], "png": _png(bitmap)},
+            {"l0_rect": [10, 20, 30, 40], "bitmap": bitmap[::-1]},
+        ],
+        timings={"vision": 0.5, "decode": 2.0},
+        tokens={"prompt": 800, "generated": 12},
+        model_id="tiny",
+        revision="abc123",
+        meta={"temperature": 0.0, "stopped": False},
     )
     loaded = store.load_conversation(conversation)
     assert loaded["slide"]["stored_path"] == "/slides/x.tiff"
@@ -104,7 +124,11 @@ def test_a_conversation_reloads_with_its_slide_turns_and_overlays(
     turn = loaded["turns"][1]
     assert turn["id"] == answer
     assert (turn["pgdfc_mode"], turn["s"], turn["model_id"], turn["revision"]) == (
-        "attention", 8, "tiny", "abc123")
+        "attention",
+        8,
+        "tiny",
+        "abc123",
+    )
     assert turn["regions"][1] == {"rank": 2, "score": 0.5, "l0_rect": [500, 0, 500, 500]}
     assert turn["boxes"][0]["label"] == "tumour"
     assert turn["timings"] == {"vision": 0.5, "decode": 2.0}
@@ -147,16 +171,35 @@ def test_log_answer_maps_the_engines_answer_dict(store: Store, conversation: str
     answer = {
         "text": "Grade 2.",
         "regions": [{"rank": 1, "score": None, "l0_rect": {"x": 1, "y": 2, "w": 3, "h": 4}}],
-        "boxes": [{"rel": {"x0": 0.1, "y0": 0.2, "x1": 0.3, "y1": 0.4},
-                   "l0_rect": {"x": 400, "y": 600, "w": 800, "h": 600}, "label": "gland"}],
-        "masks": [{"l0_rect": {"x": 0, "y": 0, "w": 70, "h": 50}, "shape": [5, 7], "rle": _rle(bitmap)}],
-        "timings": {"prefill": 0.1, "probe": None}, "tokens": {"generated": 3},
-        "model_id": "tiny", "revision": None, "stopped": True, "timed_out": False, "error": None,
+        "boxes": [
+            {
+                "rel": {"x0": 0.1, "y0": 0.2, "x1": 0.3, "y1": 0.4},
+                "l0_rect": {"x": 400, "y": 600, "w": 800, "h": 600},
+                "label": "gland",
+            }
+        ],
+        "masks": [
+            {"l0_rect": {"x": 0, "y": 0, "w": 70, "h": 50}, "shape": [5, 7], "rle": _rle(bitmap)}
+        ],
+        "timings": {"prefill": 0.1, "probe": None},
+        "tokens": {"generated": 3},
+        "model_id": "tiny",
+        "revision": None,
+        "stopped": True,
+        "timed_out": False,
+        "error": None,
     }
     turn = store.get_turn(store.log_answer(conversation, answer, pgdfc_mode="random", s=4))
-    assert (turn["role"], turn["text"], turn["pgdfc_mode"], turn["s"]) == ("assistant", "Grade 2.", "random", 4)
+    assert (turn["role"], turn["text"], turn["pgdfc_mode"], turn["s"]) == (
+        "assistant",
+        "Grade 2.",
+        "random",
+        4,
+    )
     assert turn["regions"] == [{"rank": 1, "score": None, "l0_rect": [1, 2, 3, 4]}]
-    assert turn["boxes"] == [{"rel": [0.1, 0.2, 0.3, 0.4], "l0_rect": [400, 600, 800, 600], "label": "gland"}]
+    assert turn["boxes"] == [
+        {"rel": [0.1, 0.2, 0.3, 0.4], "l0_rect": [400, 600, 800, 600], "label": "gland"}
+    ]
     assert turn["meta"] == {"stopped": True, "timed_out": False}
     assert turn["timings"] == {"prefill": 0.1}
     decoded = np.asarray(Image.open(io.BytesIO(turn["masks"][0]["png"])).convert("L")) > 127
@@ -215,8 +258,12 @@ def test_a_failure_in_the_middle_of_a_turn_leaves_nothing(
     monkeypatch.setattr(storage.log, "_mask_row", failing_mask_row)
     bitmap = np.ones((4, 4), bool)
     with pytest.raises(RuntimeError, match="disk full"):
-        store.log_turn(conversation, "assistant", "An answer",
-                       masks=[{"l0_rect": [0, 0, 4, 4], "bitmap": bitmap}] * 3)
+        store.log_turn(
+            conversation,
+            "assistant",
+            "An answer",
+            masks=[{"l0_rect": [0, 0, 4, 4], "bitmap": bitmap}] * 3,
+        )
     assert len(calls) == 2
     after = store.load_conversation(conversation)
     assert [t["id"] for t in after["turns"]] == [t["id"] for t in before["turns"]]
@@ -252,8 +299,12 @@ def test_undo_removes_the_last_question_and_its_answer(store: Store, conversatio
     store.log_turn(conversation, "user", "Q1")
     store.log_turn(conversation, "assistant", "A1")
     q2 = store.log_turn(conversation, "user", "Q2")
-    a2 = store.log_turn(conversation, "assistant", "A2",
-                        masks=[{"l0_rect": [0, 0, 2, 2], "bitmap": np.ones((2, 2), bool)}])
+    a2 = store.log_turn(
+        conversation,
+        "assistant",
+        "A2",
+        masks=[{"l0_rect": [0, 0, 2, 2], "bitmap": np.ones((2, 2), bool)}],
+    )
     store.add_feedback(a2, "like")
     undone = store.undo_last_exchange(conversation)
     assert undone == {"question": "Q2", "removed_turn_ids": [q2, a2]}
@@ -269,7 +320,11 @@ def test_retry_drops_the_answer_and_returns_the_question(store: Store, conversat
     q = store.log_turn(conversation, "user", "Q", meta={"l0_region": [1, 2, 3, 4]})
     store.log_turn(conversation, "assistant", "", error="timed out")
     question = store.prepare_retry(conversation)
-    assert (question["id"], question["text"], question["meta"]) == (q, "Q", {"l0_region": [1, 2, 3, 4]})
+    assert (question["id"], question["text"], question["meta"]) == (
+        q,
+        "Q",
+        {"l0_region": [1, 2, 3, 4]},
+    )
     assert [t["id"] for t in store.load_conversation(conversation)["turns"]] == [q]
     store.log_turn(conversation, "assistant", "A")
     assert [t["index"] for t in store.load_conversation(conversation)["turns"]] == [0, 1]
@@ -292,8 +347,12 @@ def test_conversations_are_listed_newest_first_with_counts(store: Store) -> None
 
 def test_deleting_a_conversation_cascades(store: Store, conversation: str) -> None:
     store.log_turn(conversation, "user", "Q")
-    answer = store.log_turn(conversation, "assistant", "A",
-                            masks=[{"l0_rect": [0, 0, 2, 2], "bitmap": np.ones((2, 2), bool)}])
+    answer = store.log_turn(
+        conversation,
+        "assistant",
+        "A",
+        masks=[{"l0_rect": [0, 0, 2, 2], "bitmap": np.ones((2, 2), bool)}],
+    )
     store.add_feedback(answer, "dislike")
     store.delete_conversation(conversation)
     for table in ("conversations", "turns", "masks", "feedback"):
@@ -328,7 +387,9 @@ def test_migrations_match_the_models(store: Store) -> None:
     from storage.models import Base
 
     with store.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
     assert diff == []
 
 
