@@ -28,3 +28,17 @@ def synthetic_slide(tmp_path_factory: pytest.TempPathFactory):
 
     folder = tmp_path_factory.mktemp("synthetic_slide")
     return write_synthetic_slide(folder / "synthetic.tiff", 4096, 3072, seed=0, n_lesions=3)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, with the reason, where no CUDA device is visible."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible on this machine")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
