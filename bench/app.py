@@ -54,16 +54,13 @@ def _free_port() -> int:
 
 
 def ensure_big_slide(cache_dir: Path, min_bytes: int) -> Path:
-    from omnipath.synth import write_synthetic_slide
+    from web.sample import ensure_synthetic_slide
 
     path = cache_dir / f"synthetic-{SLIDE_W}x{SLIDE_H}-seed0-q{QUALITY}.tiff"
     if not path.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
         print(f"generating a {SLIDE_W} × {SLIDE_H} synthetic slide into {path} (once)…", flush=True)
         start = time.perf_counter()
-        partial = path.with_name("partial-" + path.name)
-        write_synthetic_slide(partial, SLIDE_W, SLIDE_H, seed=0, quality=QUALITY)
-        partial.replace(path)
+        ensure_synthetic_slide(path, SLIDE_W, SLIDE_H, seed=0, quality=QUALITY)
         print(f"  generated in {time.perf_counter() - start:.0f} s", flush=True)
     size = path.stat().st_size
     if size < min_bytes:

@@ -21,7 +21,6 @@ import io
 import math
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from omnipath.coords import dz_level_dimensions  # noqa: E402
 from omnipath.slide import content_hash, open_slide  # noqa: E402
+from web.sample import ensure_synthetic_slide  # noqa: E402
 
 TILE_SIZE = 254
 OVERLAP = 1
@@ -51,22 +51,15 @@ class Tile:
 
 def ensure_slide(cache_dir: Path, width: int, height: int, seed: int) -> Path:
     """The benchmark slide, generated (omnipath.synth) into cache_dir the first time."""
-    final = cache_dir / f"synthetic-{width}x{height}-seed{seed}.tiff"
-    if final.is_file():
-        return final
-    from omnipath.synth import write_synthetic_slide
-
-    scratch = cache_dir / f".partial-{width}x{height}-seed{seed}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    print(f"generating the benchmark slide {width}x{height} (once; reused later) ...", flush=True)
-    started = time.perf_counter()
-    write_synthetic_slide(scratch / final.name, width, height, seed=seed)
-    for item in sorted(scratch.iterdir(), key=lambda item: item.name == final.name):
-        shutil.move(str(item), cache_dir / item.name)  # the slide last: it marks completion
-    scratch.rmdir()
-    print(f"  generated in {time.perf_counter() - started:.0f} s", flush=True)
-    return final
+    path = cache_dir / f"synthetic-{width}x{height}-seed{seed}.tiff"
+    if not path.is_file():
+        print(
+            f"generating the benchmark slide {width}x{height} (once; reused later) ...", flush=True
+        )
+        started = time.perf_counter()
+        ensure_synthetic_slide(path, width, height, seed=seed)
+        print(f"  generated in {time.perf_counter() - started:.0f} s", flush=True)
+    return path
 
 
 def points_of_interest(

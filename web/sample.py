@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -16,27 +17,33 @@ def sample_slide_path(data_dir: Path, width: int, height: int, seed: int) -> Pat
 def ensure_sample_slide(
     data_dir: Path, width: int = 16384, height: int = 12288, seed: int = 0
 ) -> Path:
-    """The sample slide's path, generating it (omnipath.synth) when absent.
-
-    Generation writes into a scratch folder that is renamed at the end, so an interrupted
-    first start never leaves a half-written slide that later starts would reuse."""
+    """The sample slide's path, generating it (omnipath.synth) when absent."""
     final = sample_slide_path(data_dir, width, height, seed)
-    if final.is_file():
-        return final
+    if not final.is_file():
+        log.info(
+            "generating the sample slide (%d x %d, seed %d) into %s",
+            width, height, seed, final.parent,
+        )  # fmt: skip
+    return ensure_synthetic_slide(final, width, height, seed=seed)
+
+
+def ensure_synthetic_slide(path: Path, width: int, height: int, **options: Any) -> Path:
+    """`path`, a synthetic slide (omnipath.synth.write_synthetic_slide(path, width, height,
+    **options)) with its ground-truth files beside it, generated only when absent.
+
+    Generation writes into a scratch folder next to it and moves the slide in last, so an
+    interrupted run never leaves a half-written slide that a later run would reuse."""
+    path = Path(path)
+    if path.is_file():
+        return path
     from omnipath.synth import write_synthetic_slide
 
-    scratch = final.parent.with_name(final.parent.name + ".partial")
+    scratch = path.parent / f".partial-{path.name}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    log.info(
-        "generating the sample slide (%d x %d, seed %d) into %s", width, height, seed, final.parent
-    )
-    write_synthetic_slide(scratch / final.name, width, height, seed=seed)
-    if final.parent.exists():  # a sample folder without this slide (other size or seed)
-        # the slide itself last: its presence is what marks the sample as complete
-        for item in sorted(scratch.iterdir(), key=lambda item: item.name == final.name):
-            shutil.move(str(item), final.parent / item.name)
-        scratch.rmdir()
-    else:
-        scratch.rename(final.parent)
-    return final
+    write_synthetic_slide(scratch / path.name, width, height, **options)
+    # the slide itself last: its presence is what marks it complete
+    for item in sorted(scratch.iterdir(), key=lambda item: item.name == path.name):
+        item.replace(path.parent / item.name)
+    scratch.rmdir()
+    return path
