@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from openslide import OpenSlideError
@@ -68,15 +68,7 @@ class SlideMeta:
     vendor: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "slide_id": self.slide_id,
-            "l0_width": self.l0_width,
-            "l0_height": self.l0_height,
-            "mpp_x": self.mpp_x,
-            "mpp_y": self.mpp_y,
-            "objective_power": self.objective_power,
-            "vendor": self.vendor,
-        }
+        return asdict(self)
 
 
 class TileService:
