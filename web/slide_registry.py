@@ -128,20 +128,16 @@ class SlideRegistry:
 
     def _acquire(self, slide_id: str) -> OpenedSlide:
         with self._lock:
-            opened = self._open.get(slide_id)
+            opened = self._read_open_locked(slide_id)
             if opened is not None:
-                self._open.move_to_end(slide_id)
-                opened._readers += 1
                 return opened
             if slide_id not in self._paths:
                 raise NotFoundError("This slide is not known to the server.")
             opening = self._opening.setdefault(slide_id, threading.Lock())
         with opening:
             with self._lock:  # someone else may have opened it while we waited
-                opened = self._open.get(slide_id)
+                opened = self._read_open_locked(slide_id)
                 if opened is not None:
-                    self._open.move_to_end(slide_id)
-                    opened._readers += 1
                     return opened
                 path = self._paths[slide_id]
             if not path.is_file():
@@ -151,10 +147,8 @@ class SlideRegistry:
                 self._opening.pop(slide_id, None)
                 # A request that came after our opening lock was dropped (the slide evicted
                 # meanwhile) may have opened it too: keep theirs, close ours.
-                existing = self._open.get(slide_id)
+                existing = self._read_open_locked(slide_id)
                 if existing is not None:
-                    self._open.move_to_end(slide_id)
-                    existing._readers += 1
                     opened, to_close = existing, [opened]
                 else:
                     opened._readers += 1
@@ -162,6 +156,15 @@ class SlideRegistry:
                     to_close = self._evict_locked()
         for victim in to_close:
             victim._close()
+        return opened
+
+    def _read_open_locked(self, slide_id: str) -> OpenedSlide | None:
+        """The slide if it is open, with one more reader and now the most recently used;
+        None when it is not open. Call with self._lock held."""
+        opened = self._open.get(slide_id)
+        if opened is not None:
+            self._open.move_to_end(slide_id)
+            opened._readers += 1
         return opened
 
     def _evict_locked(self) -> list[OpenedSlide]:
