@@ -5,7 +5,7 @@ uuid4 hex strings (safe to create on several app replicas), slides use the file'
 content hash (sha256 hex), masks and feedback use integer keys (never shown to users).
 
 The schema itself is created by the Alembic migrations in `storage/migrations`; keep
-the two in step (tests/test_storage_migrations.py compares them).
+the two in step (tests/test_storage.py::test_migrations_match_the_models compares them).
 """
 
 from __future__ import annotations
