@@ -13,6 +13,12 @@
    or less: never more than the encoder sees at the detail magnification) → reads through the
    slide layer → the same vision towers (the engine calls
    `model.encode_detail_patches`) → a short position text per patch.
+   Cost: the reads start in background threads (`DetailReads`) from the probe's hook, as
+   soon as layer 0 gave Ψ, so they overlap layers 1..L of the prefix prefill; the S patches
+   go through each tower in one batch, at the base scale only by default
+   (`pgdfc_config.detail_scale_factors`: a detail patch already is the fine view that
+   multi-scale fusion gives the thumbnail); the engine keeps encoded patches in an LRU
+   (`omnipath.engine.details`) for follow-up questions that choose the same cells.
 5. A token-budget check that drops patches (lowest score first) or refuses.
 
 Frames: `grid_` (row, col) cells of the model's g×g token grid over the square thumbnail;
