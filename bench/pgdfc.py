@@ -294,6 +294,15 @@ def bench_config(name: str, slide_path: Path, args: argparse.Namespace) -> None:
         f"(measured on {sampled} tiles), plus the thumb-only answer; a lower bound"
     )
     cold_pgdfc, cold_thumb = results["cold"]
+    # Not counted above: the LLM would also have to take the exhaustive tiles' tokens.
+    per_patch = model.config.pgdfc_config.tokens_per_patch
+    prefill_rate = cold_thumb.stage("prefill") / cold_thumb.answers[0].tokens["prompt"]
+    print(
+        f"not counted: the LLM prefill of the exhaustive tiles' {len(rects) * per_patch} "
+        f"tokens, about {len(rects) * per_patch * prefill_rate:.0f} s at the thumb-only "
+        f"prefill's rate (linear: a lower bound), beyond the context of "
+        f"{engine.context_length} tokens"
+    )
     warm_pgdfc, warm_thumb = results["warm"]
     stages = ("thumbnail", "vision", "probe", "detail_read", "detail_encode", "prefill", "decode")
     for label, runs in (
