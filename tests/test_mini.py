@@ -30,3 +30,35 @@ def test_shipped_weights_fit_in_50_mb():
     total = sum(p.stat().st_size for p in DEFAULT_WEIGHTS_DIR.iterdir() if p.is_file())
     assert total <= 50 * 1024 * 1024
     assert "not a diagnostic tool" in (DEFAULT_WEIGHTS_DIR / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_shipped_mini_loads_offline_and_answers_about_a_slide_with_a_box(tmp_path, monkeypatch):
+    """The embedded model, offline, through the engine, on a generated slide like the sample.
+
+    Checks the form of the answer (boxes the engine can place on the slide), not whether the
+    boxes are right: accuracy on held-out slides is bench/ablation.py's job."""
+    if not (DEFAULT_WEIGHTS_DIR / "adapter_model.safetensors").is_file():
+        pytest.skip("omnipath-mini weights are not in this checkout")
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from omnipath.engine import AnswerOptions, Engine
+    from omnipath.mini.model import MINI_MODEL_ID
+    from omnipath.slide import open_slide
+    from omnipath.synth import write_synthetic_slide
+
+    truth = write_synthetic_slide(tmp_path / "sample.tiff", 4096, 3072, seed=12345, n_lesions=2)
+    model, tokenizer = load_mini()
+    engine = Engine(model, tokenizer, model_id=MINI_MODEL_ID, revision=None, demo=True)
+    with open_slide(truth.path) as slide:
+        items = list(
+            engine.answer(
+                slide, [], "Find every lesion and give its box.", AnswerOptions(max_new_tokens=80)
+            )
+        )
+    answer = items[-1]
+    assert answer.error is None
+    assert answer.boxes, answer.text
+    assert all(
+        0 <= b.l0_rect.x < truth.width and 0 <= b.l0_rect.y < truth.height for b in answer.boxes
+    )
