@@ -2,7 +2,7 @@
 `python -m web`. Configuration and launch only; the app itself lives in web/.
 
 Space variables (Settings → Variables):
-    OMNIPATH_MODEL      model id or folder (default "tiny": random weights, a demonstration)
+    OMNIPATH_MODEL      model id or folder (default "mini": the embedded demonstration model)
     OMNIPATH_PRECISION  auto | float32 | bfloat16 | float16 | 4bit | 8bit (default auto:
                         4-bit when the GPU has less than SMALL_GPU_GIB and the model is not a
                         demonstration model, else the loader's choice)
@@ -33,10 +33,10 @@ def space_environment(
 ) -> dict[str, str]:
     """The OMNIPATH_* variables the app reads, from the Space's variables and hardware."""
     out = {"OMNIPATH_HOST": "0.0.0.0", "OMNIPATH_PORT": environ.get("PORT", "7860")}
-    model = environ.get("OMNIPATH_MODEL", "tiny")
+    model = environ.get("OMNIPATH_MODEL", "mini")
     out["OMNIPATH_MODEL"] = model
     precision = environ.get("OMNIPATH_PRECISION", "auto").strip().lower()
-    demo = model == "tiny" or "omnipath-mini" in model
+    demo = model in ("tiny", "mini") or "omnipath-mini" in model
     if precision == "auto" and gpu_gib is not None and gpu_gib < SMALL_GPU_GIB and not demo:
         precision = "4bit"
     if precision in ("4bit", "8bit"):

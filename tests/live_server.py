@@ -84,6 +84,7 @@ def serving_app(folder: Path, **settings: Any) -> Iterator[tuple[str, Any]]:
     from web.chat_services import build_chat_services
     from web.config import WebConfig
 
+    settings.setdefault("model", "tiny")
     config = WebConfig(port=free_port(), data_dir=folder / "data", sample_slide=False, **settings)
     app = create_app(config, build_chat_services(config, store=Store(folder / "log.db")))
     chat = app.state.chat_services

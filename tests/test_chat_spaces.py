@@ -39,7 +39,7 @@ def test_variables_become_settings(space_app) -> None:
     )
     assert fp16["OMNIPATH_MODEL_DTYPE"] == "float16" and "OMNIPATH_QUANTIZATION" not in fp16
     demo = space_app.space_environment({}, gpu_gib=16.0, data_mounted=False)
-    assert demo["OMNIPATH_MODEL"] == "tiny" and "OMNIPATH_QUANTIZATION" not in demo
+    assert demo["OMNIPATH_MODEL"] == "mini" and "OMNIPATH_QUANTIZATION" not in demo
 
 
 def test_gpu_duration_grows_with_s_and_new_tokens(space_app) -> None:

@@ -48,8 +48,14 @@ def test_shipped_mini_loads_offline_and_answers_about_a_slide_with_a_box(tmp_pat
     from omnipath.synth import write_synthetic_slide
 
     truth = write_synthetic_slide(tmp_path / "sample.tiff", 4096, 3072, seed=12345, n_lesions=2)
-    model, tokenizer = load_mini()
-    engine = Engine(model, tokenizer, model_id=MINI_MODEL_ID, revision=None, demo=True)
+    from omnipath.model.loading import LoadOptions, load_model
+
+    loaded = load_model("mini", LoadOptions(dtype="float32", device="cpu"))  # the app's default
+    assert loaded.model_id == MINI_MODEL_ID and loaded.kind == "omnipath"
+    assert loaded.revision and len(loaded.revision) == 12  # content hash of the shipped weights
+    engine = Engine(
+        loaded.model, loaded.tokenizer, model_id=MINI_MODEL_ID, revision=loaded.revision, demo=True
+    )
     with open_slide(truth.path) as slide:
         items = list(
             engine.answer(

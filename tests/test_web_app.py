@@ -55,7 +55,7 @@ def test_defaults_then_environment_then_flags() -> None:
 
 def test_the_chat_settings_are_config_fields_from_the_same_sources() -> None:
     defaults = load_config([], {})
-    assert defaults.model == "tiny" and defaults.demo_model and defaults.quantization is None
+    assert defaults.model == "mini" and defaults.demo_model and defaults.quantization is None
     assert defaults.log_file_names is False and defaults.database_url is None
     assert defaults.uploads_dir == Path("data") / "slides"
     env = {
@@ -135,8 +135,10 @@ def test_mask_item_is_a_transparent_png_coloured_where_true() -> None:
     assert tuple(image[3, 4, :3]) == (10, 20, 30)
 
 
+@pytest.mark.slow
 def test_build_demo_is_the_whole_product_built_from_the_config(tmp_path: Path) -> None:
-    """Nothing injected: the tiny model is loaded, the log is created in the data dir."""
+    """Nothing injected: the default model (the embedded omnipath-mini) is loaded offline, the
+    log is created in the data dir."""
     from web.app import build_demo
 
     config = WebConfig(data_dir=tmp_path, sample_slide=False)
@@ -146,7 +148,7 @@ def test_build_demo_is_the_whole_product_built_from_the_config(tmp_path: Path) -
     ids = {p.get("elem_id") for p in props}
     assert {"omnipath-viewer", "omnipath-chat", "omnipath-upload", "omnipath-model-banner"} <= ids
     banner = next(p["value"] for p in props if p.get("elem_id") == "omnipath-model-banner")
-    assert "`tiny`" in banner and "Demonstration model" in banner
+    assert "`omnipath-mini`" in banner and "Demonstration model" in banner
     assert (tmp_path / "omnipath.db").is_file()
     demo.omnipath_services.store.close()
 

@@ -17,7 +17,10 @@ from omnipath.errors import OmniPathError
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024**3
 # Model ids that are demonstrations, not diagnostic models (labelled so in the banner).
-DEMO_MODEL_MARKERS = ("tiny", "omnipath-mini")
+# Model names labelled a demonstration in the banner: the exact names, or any id naming
+# omnipath-mini (a plain substring "mini" would also catch, say, phi-3-mini).
+DEMO_MODEL_NAMES = ("tiny", "mini")
+DEMO_MODEL_MARKERS = ("omnipath-mini",)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("4bit", "8bit")
 
@@ -45,8 +48,9 @@ class WebConfig:
     sample_width: int = 16384
     sample_height: int = 12288
     sample_seed: int = 0
-    # The model: "tiny" (random weights, a demonstration), a folder, or a hub id.
-    model: str = "tiny"
+    # The model: "mini" (the embedded omnipath-mini, a demonstration), "tiny" (random
+    # weights, for tests), a folder, or a hub id.
+    model: str = "mini"
     model_dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     quantization: str | None = None  # None | 4bit | 8bit
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -65,7 +69,8 @@ class WebConfig:
         """True when answers come from a demonstration model (said so in the banner)."""
         if self.model_is_demo is not None:
             return self.model_is_demo
-        return any(marker in self.model.lower() for marker in DEMO_MODEL_MARKERS)
+        name = self.model.lower()
+        return name in DEMO_MODEL_NAMES or any(marker in name for marker in DEMO_MODEL_MARKERS)
 
     @property
     def uploads_dir(self) -> Path:
@@ -88,7 +93,7 @@ _SETTINGS: dict[str, str | None] = {
     "jpeg_quality": None,
     "slide": "open this slide at start instead of the sample slide",
     "sample_slide": "do not generate or open the sample slide",
-    "model": "tiny (default), a model folder or a hub id",
+    "model": "mini (default, the embedded demonstration model), tiny, a model folder or a hub id",
     "model_dtype": ", ".join(DTYPES),
     "quantization": "4bit or 8bit (default none)",
     "device": "auto (default), cpu, cuda or cuda:N",
@@ -148,7 +153,7 @@ def _validate(config: WebConfig) -> WebConfig:
     if config.data_dir is None:
         raise ConfigError("The data directory cannot be empty.")
     if not config.model.strip():
-        raise ConfigError("The model cannot be empty; use tiny for the demonstration model.")
+        raise ConfigError("The model cannot be empty; use mini for the embedded demonstration model.")
     if config.model_dtype not in DTYPES:
         raise ConfigError(
             f"The model precision must be one of {', '.join(DTYPES)}, not {config.model_dtype!r}."

