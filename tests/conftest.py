@@ -30,6 +30,15 @@ def synthetic_slide(tmp_path_factory: pytest.TempPathFactory):
     return write_synthetic_slide(folder / "synthetic.tiff", 4096, 3072, seed=0, n_lesions=3)
 
 
+@pytest.fixture(scope="module")
+def tiny_engine():
+    """The app's engine (web.chat_services.build_engine) on the tiny random-weight model."""
+    from web.chat_services import build_engine
+    from web.config import WebConfig
+
+    return build_engine(WebConfig(model="tiny"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `gpu` skip, with the reason, where no CUDA device is visible."""
     if not any(item.get_closest_marker("gpu") for item in items):

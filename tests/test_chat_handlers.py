@@ -20,7 +20,7 @@ from omnipath.errors import (
     UploadTooLargeError,
 )
 from web import handlers
-from web.chat_services import build_chat_services, build_engine, replace_settings
+from web.chat_services import build_chat_services, replace_settings
 from web.config import WebConfig
 
 OPTIONS = AnswerOptions(s=3, max_new_tokens=6)
@@ -54,11 +54,6 @@ class FailingEngine(SpyEngine):
             raise GenerationError("The model ran out of memory; try fewer detail patches.")
 
         return stream()
-
-
-@pytest.fixture(scope="module")
-def tiny_engine():
-    return build_engine(WebConfig())
 
 
 @pytest.fixture()

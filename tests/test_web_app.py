@@ -28,13 +28,6 @@ needs_osd = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_engine():
-    from web.chat_services import build_engine
-
-    return build_engine(WebConfig())
-
-
 def chat_services(config: WebConfig, engine):
     """The app's services around a shared tiny engine (loaded once per module)."""
     from storage import Store
