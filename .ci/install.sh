@@ -29,7 +29,18 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want_sha" ]]; then
 fi
 
 # The viewer's JavaScript (OpenSeadragon) from the npm registry, pinned by the lock file.
-# Re-run npm ci when the lock file changed since the last install.
+# Re-run npm ci when the lock file changed since the last install. No npm on this machine:
+# Debian's nodejs + npm when we are root with apt-get, else a sentence saying what to install.
+if [[ -f web/viewer/package-lock.json ]] && ! command -v npm >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  else
+    echo "The slide viewer needs Node.js and npm (e.g. apt-get install nodejs npm); install them and run this again." >&2
+    exit 1
+  fi
+fi
 if [[ -f web/viewer/package-lock.json ]]; then
   npm_stamp=web/viewer/node_modules/.lock.sha256
   lock_sha=$(sha256sum web/viewer/package-lock.json | cut -d' ' -f1)
