@@ -182,3 +182,55 @@ def test_too_long_record_is_a_clear_error(tmp_path, tokenizer):
     dataset = ConversationDataset(path, thumb_side=SIDE, detail_side=8)
     with pytest.raises(DatasetError, match="max_length"):
         collator([dataset[0]])
+
+
+def test_probe_position_is_the_token_the_engine_probes_and_attend_becomes_grid_cells(
+    tmp_path, tokenizer
+):
+    """Training's L_probe must read Ψ from the same token as inference: the engine's prefix
+    (chat up to the question's last token, detail blocks tokenized apart) must be exactly the
+    collator's ids up to `probe_positions`."""
+    from omnipath.engine.prompt import build_prompt
+
+    question = "What is the grade of the carcinoma at [0.100, 0.200, 0.300, 0.400]?"
+    records = [
+        {
+            "id": "with-details",
+            "image": "wide.png",
+            "attend": "left.png",
+            "details": [{"image": "detail.png", "text": "Detail 1 at x 0.10-0.20, y 0.30-0.40:"}],
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{question}"},
+                {"from": "gpt", "value": "Grade 2."},
+            ],
+        },
+        {
+            "id": "plain",
+            "image": "wide.png",
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{question}"},
+                {"from": "gpt", "value": "Grade 3."},
+            ],
+        },
+    ]
+    dataset = ConversationDataset(_write_dataset(tmp_path, records), thumb_side=SIDE, detail_side=8)
+    collator = _collator(tokenizer)
+    batch = collator([dataset[0], dataset[1]])
+    engine = build_prompt(
+        tokenizer,
+        [],
+        question,
+        image_token_id=collator.image_token_id,
+        num_image_tokens=N_IMAGE,
+        mask_token_id=collator.mask_token_id,
+    )
+    for row in range(2):
+        probe = int(batch["probe_positions"][row])
+        assert batch["input_ids"][row, : probe + 1].tolist() == engine.prefix_ids
+    # 4×4 token grid over the 32 px square: the 40×20 image fills rows 1-2 (8 px bars above
+    # and below); "left.png" covers its left half → 2 columns × 2 rows of cells
+    targets = batch["attention_targets"]
+    expected = torch.zeros(4, 4)
+    expected[1:3, 0:2] = 1
+    assert torch.equal(targets[0].reshape(4, 4), expected)
+    assert not targets[1].any()  # no attend map: no target

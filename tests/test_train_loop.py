@@ -12,13 +12,15 @@ from PIL import Image
 from omnipath.model import OmniPathForConditionalGeneration, build_tiny_tokenizer, tiny_config
 from omnipath.train.collator import ConversationCollator
 from omnipath.train.data import ConversationDataset
+from omnipath.train.probe_loss import split_probe_inputs
 from omnipath.train.trainer import TrainConfig, TrainingError, list_checkpoints, train
 
 ANSWERS = ["The lesion is grade 1.", "The lesion is grade 3."]
 
 
 def _dataset(tmp_path, n=2):
-    """n small images with one purple blob each; answers name a grade and give its mask."""
+    """n small images with one purple blob each; answers name a grade and give its mask;
+    the blob is also the record's `attend` map."""
     records = []
     for i in range(n):
         image = np.full((48, 64, 3), 240, np.uint8)
@@ -36,6 +38,7 @@ def _dataset(tmp_path, n=2):
                 "details": [
                     {"image": f"d{i}.png", "text": "Detail 1 at x 0.10-0.40, y 0.20-0.80:"}
                 ],
+                "attend": f"m{i}.png",
                 "conversations": [
                     {"from": "human", "value": "<image>\nGrade the lesion."},
                     {"from": "gpt", "value": f"{ANSWERS[i % 2]} <mask>", "masks": [f"m{i}.png"]},
@@ -74,9 +77,41 @@ def test_a_few_steps_lower_both_losses(tmp_path):
     model, tokenizer, dataset, collator = _setup(tmp_path)
     result = train(model, dataset, collator, _config(tmp_path, max_steps=8, batch_size=2))
     assert result.steps == 8 and len(result.losses) == 8
+    assert all(np.isnan(result.probe_losses))  # probe_weight 0: the paper's recipe
     assert result.lm_losses[-1] < 0.8 * result.lm_losses[0]
     assert result.mask_losses[-1] < result.mask_losses[0]
     assert result.checkpoint is not None and (result.checkpoint / "model.safetensors").is_file()
+
+
+def test_probe_loss_moves_layer0_attention_onto_the_attend_map(tmp_path):
+    model, tokenizer, dataset, collator = _setup(tmp_path)
+    batch = collator([dataset[0], dataset[1]])
+    assert (batch["probe_positions"] >= 0).all()
+    assert batch["attention_targets"].sum(dim=1).min() > 0  # each blob covers some cells
+
+    def share_on_target(m) -> float:
+        """Ψ's share on the target cells, from the engine's own probe (no gradients)."""
+        from omnipath import pgdfc
+
+        inputs, probe_inputs = split_probe_inputs(batch)
+        shares = []
+        for row in range(2):
+            end = int(probe_inputs["probe_positions"][row]) + 1
+            ids = inputs["input_ids"][row : row + 1, :end]
+            with torch.no_grad(), pgdfc.AttentionProbe(m.language_model) as probe:
+                m(input_ids=ids, images=inputs["images"][row : row + 1], use_cache=False)
+            cells = probe.row[0][(ids[0] == m.config.image_token_id).nonzero().flatten()]
+            target = probe_inputs["attention_targets"][row]
+            shares.append(float((cells * target).sum() / cells.sum()))
+        return sum(shares) / len(shares)
+
+    before = share_on_target(model.eval())
+    result = train(
+        model, dataset, collator, _config(tmp_path, max_steps=8, batch_size=2, probe_weight=1.0)
+    )
+    assert len(result.probe_losses) == 8 and result.probe_losses[-1] < result.probe_losses[0]
+    assert share_on_target(result.model.eval()) > before + 0.05
+    assert result.lm_losses[-1] < result.lm_losses[0]  # the other losses still train
 
 
 def test_lora_trains_the_non_lm_modules_and_saves_an_adapter(tmp_path):
@@ -106,7 +141,7 @@ def test_lora_trains_the_non_lm_modules_and_saves_an_adapter(tmp_path):
     # gives exactly the trained model's outputs
     from peft import PeftModel
 
-    batch = collator([dataset[0]])
+    batch, _ = split_probe_inputs(collator([dataset[0]]))
     with torch.no_grad():
         reference = result.model.eval()(**batch).logits
         fresh, _, _, _ = _setup(tmp_path)

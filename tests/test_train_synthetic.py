@@ -69,6 +69,19 @@ def test_every_task_is_present_and_answers_match_the_ground_truth(built):
         if record["task"] == "segment":
             (mask_file,) = record["conversations"][1]["masks"]
             assert np.asarray(Image.open(root / mask_file)).any()
+        if record["task"] == "refer":
+            index = int(record["id"].rsplit("refer", 1)[1])
+            kind = truth.lesions[index].kind
+            article = "An" if kind[0] in "aeiou" else "A"
+            assert answer == f"{article} {kind} lesion, grade {truth.lesions[index].grade}."
+        # slide-level records point the probe loss at every lesion; patch records do not
+        if record["task"] == "nuclei":
+            assert "attend" not in record
+        else:
+            attend = np.asarray(Image.open(root / record["attend"])) > 0
+            labels = np.asarray(Image.open(truth.masks_path))
+            lesion_values = [lesion.mask_value for lesion in truth.lesions]
+            assert np.array_equal(attend, np.isin(labels, lesion_values))
 
 
 def test_building_twice_gives_the_same_set(built, tmp_path):

@@ -39,6 +39,15 @@ def write_model_card(
         if evaluation
         else "Not measured by the training command; see bench/ablation.py for the held-out split."
     )
+    probe_text = (
+        f" Added to the paper's losses: the probe-attention loss (weight "
+        f"{train_config.probe_weight:g}, `omnipath.train.probe_loss`), which pushes layer 0's "
+        "attention of the question's last token onto the slide's lesions, so that PGDFC reads "
+        "them; the paper has no such term and relies on that attention emerging from far "
+        "more data."
+        if getattr(train_config, "probe_weight", 0) > 0
+        else ""
+    )
     card = f"""---
 library_name: peft
 base_model: HuggingFaceTB/SmolLM2-135M-Instruct
@@ -82,7 +91,7 @@ Records per split and task:
 One command: `{command}`. Single stage, AdamW, cosine schedule with
 warmup, LoRA r={train_config.lora_r} on all LM linear layers, every other module trained in full
 (lr {train_config.new_module_lr} for the new modules, {train_config.lr} for LoRA: higher than the paper's 2e-5
-because the towers start from random weights). {steps} optimizer steps in
+because the towers start from random weights).{probe_text} {steps} optimizer steps in
 {train_seconds / 60:.1f} min on {os.cpu_count()} CPU core(s) ({platform.machine()}); mean loss
 of the first 10 steps {head:.3f}, of the last 10 steps {tail:.3f}.
 

@@ -7,8 +7,9 @@
 2. assembles SmolLM2-135M-Instruct (offline GGUF) with freshly initialised small towers,
    projector and mask modules;
 3. trains with LoRA on the LM and the other modules in full (the paper's single-stage recipe,
-   with higher learning rates because the towers start from random weights), on the train
-   split only, for at most `--minutes`;
+   with higher learning rates because the towers start from random weights, plus the
+   probe-attention loss that points PGDFC at lesions, `--probe-weight`), on the train split
+   only, for at most `--minutes`;
 4. writes the weights (everything but the base LM) and a model card to `--output`.
 """
 
@@ -60,13 +61,19 @@ def main(argv: list[str] | None = None) -> None:
         "--data", type=Path, default=Path.home() / ".cache" / "omnipath" / "synthetic"
     )
     parser.add_argument("--slides", type=int, default=40)
-    parser.add_argument("--minutes", type=float, default=80.0, help="training time limit")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--minutes", type=float, default=75.0, help="training time limit")
+    parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
     parser.add_argument("--new-module-lr", type=float, default=2e-3)
     parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument(
+        "--probe-weight",
+        type=float,
+        default=0.5,
+        help="weight of the probe-attention loss (omnipath.train.probe_loss); 0 = the paper",
+    )
     parser.add_argument(
         "--run-dir", type=Path, default=Path.home() / ".cache" / "omnipath" / "mini-run"
     )
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         lora=True,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
+        probe_weight=args.probe_weight,
         save_every=50,
         keep_checkpoints=1,
         seed=args.seed,

@@ -67,18 +67,20 @@ class ConversationCollator:
     max_length: int = 4096
     detail_placement: Literal["user", "after_prompt"] = "user"
 
-    def _pieces(self, example: Example) -> list[tuple[str, bool]]:
-        """(text, is_label) pieces whose concatenation is the whole rendered chat."""
+    def _pieces(self, example: Example) -> tuple[list[tuple[str, bool]], int | None]:
+        """(text, is_label) pieces whose concatenation is the whole rendered chat, and the
+        index of the piece that ends with the last question's last token (None when the
+        template hides it). That token is what the engine's PGDFC probe reads from: the
+        engine tokenizes the question and the detail blocks separately, so we split there."""
         record = example.record
         messages = [{"role": t.role, "content": t.text} for t in record.turns]
         details = detail_block_text([d.text for d in record.details])
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        question = messages[last_user]["content"]
         if details and self.detail_placement == "user":
-            messages[last_user] = {
-                "role": "user",
-                "content": messages[last_user]["content"] + details,
-            }
+            messages[last_user] = {"role": "user", "content": question + details}
         pieces: list[tuple[str, bool]] = []
+        probe_piece = None
         done = ""
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
@@ -91,25 +93,36 @@ class ConversationCollator:
                     "prefix of the next; cannot place labels."
                 )
             context = prompt[len(done) :]
-            if details and self.detail_placement == "after_prompt" and i == last_user + 1:
-                context += details.lstrip("\n") + "\n"
+            if i == last_user + 1:
+                if details and self.detail_placement == "after_prompt":
+                    context += details.lstrip("\n") + "\n"
+                found = context.rfind(messages[last_user]["content"])
+                if found >= 0:
+                    cut = found + len(question)
+                    pieces.append((context[:cut], False))
+                    probe_piece = len(pieces) - 1
+                    context = context[cut:]
             pieces.append((context, False))
             pieces.append((full[len(prompt) :], True))
             done = full
-        return pieces
+        return pieces, probe_piece
 
     def _encode(
         self, example: Example, *, prompt_only: bool = False
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int], int]:
+        """(ids, labels, probe position: index of the last question token in ids, or -1)."""
         ids: list[int] = []
         labels: list[int] = []
-        pieces = self._pieces(example)
+        pieces, probe_piece = self._pieces(example)
         if prompt_only:  # everything before the final answer: what generation starts from
             pieces = pieces[:-1]
-        for text, is_label in pieces:
+        raw_probe = -1
+        for n, (text, is_label) in enumerate(pieces):
             piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             ids.extend(piece)
             labels.extend(piece if is_label else [IGNORE_INDEX] * len(piece))
+            if n == probe_piece:
+                raw_probe = len(ids) - 1
         n_details = len(example.record.details)
         placeholders = ids.count(self.image_token_id)
         if placeholders != 1 + n_details:
@@ -122,8 +135,9 @@ class ConversationCollator:
         # Expand: the first placeholder is the thumbnail, the rest are detail patches.
         out_ids: list[int] = []
         out_labels: list[int] = []
+        probe = -1
         seen = 0
-        for token, label in zip(ids, labels, strict=True):
+        for raw, (token, label) in enumerate(zip(ids, labels, strict=True)):
             if token == self.image_token_id:
                 count = self.num_image_tokens if seen == 0 else self.tokens_per_patch
                 seen += 1
@@ -132,8 +146,10 @@ class ConversationCollator:
             else:
                 out_ids.append(token)
                 out_labels.append(label)
+            if raw == raw_probe:
+                probe = len(out_ids) - 1
         if prompt_only:
-            return out_ids, out_labels
+            return out_ids, out_labels, probe
         # Every <mask> must have its map: inputs in user turns, targets in answers.
         n_mask_targets = sum(
             1
@@ -152,13 +168,22 @@ class ConversationCollator:
                 f"record {example.record.id!r} needs {len(out_ids)} tokens, more than "
                 f"max_length = {self.max_length}; shorten it or use fewer detail patches."
             )
-        return out_ids, out_labels
+        return out_ids, out_labels, probe
+
+    def _attention_target(self, example: Example) -> torch.Tensor:
+        """The `attend` map on the thumbnail's token grid (g×g cells, raster order, as the
+        image tokens): 1 where a cell is at least 10 % covered, else 0; all 0 without one."""
+        grid = round(self.num_image_tokens**0.5)
+        if example.attend is None or grid * grid != self.num_image_tokens:
+            return torch.zeros(self.num_image_tokens)
+        cells = torch.nn.functional.adaptive_avg_pool2d(example.attend[None], grid)
+        return (cells.reshape(-1) >= 0.1).float()
 
     def prompt(self, example: Example) -> dict:
         """Model inputs (batch of one) for generating the example's FINAL answer: the chat up
         to and including the assistant prompt, images and earlier-turn masks as in training.
         The answer's own mask targets are left out."""
-        ids, _ = self._encode(example, prompt_only=True)
+        ids, _, _ = self._encode(example, prompt_only=True)
         input_ids = torch.tensor([ids])
         n_inputs = len(example.mask_inputs)
         return {
@@ -175,13 +200,13 @@ class ConversationCollator:
         }
 
     def _user_mask_positions(self, example: Example, input_ids: torch.Tensor) -> torch.Tensor:
-        _, labels = self._encode(example, prompt_only=True)
+        _, labels, _ = self._encode(example, prompt_only=True)
         labels_t = torch.tensor([labels])
         return (input_ids == self.mask_token_id) & (labels_t == IGNORE_INDEX)
 
     def __call__(self, examples: Sequence[Example]) -> dict:
         encoded = [self._encode(e) for e in examples]
-        length = max(len(ids) for ids, _ in encoded)
+        length = max(len(ids) for ids, _, _ in encoded)
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id or 0
@@ -189,7 +214,7 @@ class ConversationCollator:
         input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        for row, (ids, labs) in enumerate(encoded):
+        for row, (ids, labs, _) in enumerate(encoded):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention_mask[row, : len(ids)] = 1
@@ -210,4 +235,7 @@ class ConversationCollator:
             "mask_maps": torch.stack(mask_maps) if mask_maps else None,
             "mask_input_positions": mask_input_positions if mask_maps else None,
             "mask_targets": torch.stack(mask_targets) if mask_targets else None,
+            # For the trainer's probe-attention loss (not model inputs; the trainer pops them).
+            "probe_positions": torch.tensor([probe for _, _, probe in encoded]),
+            "attention_targets": torch.stack([self._attention_target(e) for e in examples]),
         }

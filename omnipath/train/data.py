@@ -16,7 +16,8 @@ Paths inside a record are relative to the dataset file's folder. One record:
         {"from": "gpt", "value": "Grade 2. lesion: [0.120, 0.300, 0.250, 0.410] <mask>",
          "masks": ["masks/slide3_l0.png"]}
       ],
-      "task": "grade"                               # free-form, used for reporting only
+      "task": "grade",                              # free-form, used for reporting only
+      "attend": "masks/slide3_lesions.png"          # optional: where PGDFC's probe should look
     }
 
 - `<image>` appears once, in the first human turn: the thumbnail. Detail patches are
@@ -29,6 +30,9 @@ Paths inside a record are relative to the dataset file's folder. One record:
   human turn are the binary maps the mask ENCODER turns into that `<mask>` token's input
   embedding (a region the user points at). Mask files are grayscale PNGs (nonzero = inside)
   covering the same extent as the image (or slide region); any size, they are scaled.
+- `attend` (optional) is a mask file of the same kind: the regions whose detail the question
+  needs. The collator turns it into a target over the thumbnail's token grid for the
+  trainer's probe-attention loss (`omnipath.train.probe_loss`).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class Record:
     l0_region: L0Rect | None = None
     details: tuple[DetailRef, ...] = ()
     task: str = ""
+    attend: Path | None = None
 
 
 @dataclass
@@ -97,7 +102,7 @@ class Example:
     image: 3×S×S float in [0, 1], the padded square (`thumb_` frame, S = thumb side);
     details: P×3×d×d float in [0, 1] (P may be 0); mask_inputs / mask_targets: lists of
     1×S×S float in {0, 1}, in the thumb frame, in the order of the `<mask>` tokens of the
-    user / assistant turns.
+    user / assistant turns; attend: 1×S×S float in {0, 1} (thumb frame) or None.
     """
 
     record: Record
@@ -105,6 +110,7 @@ class Example:
     details: torch.Tensor
     mask_inputs: list[torch.Tensor] = field(default_factory=list)
     mask_targets: list[torch.Tensor] = field(default_factory=list)
+    attend: torch.Tensor | None = None
 
 
 def _rect(value: object, where: str) -> L0Rect:
@@ -157,6 +163,9 @@ def parse_record(raw: dict, root: Path, where: str = "record") -> Record:
         for d in raw.get("details", [])
     )
     region = raw.get("l0_region")
+    attend = raw.get("attend")
+    if attend is not None and not isinstance(attend, str):
+        raise DatasetError(f"{where}: 'attend' must be the path of a mask file.")
     return Record(
         id=rid,
         turns=tuple(turns),
@@ -165,6 +174,7 @@ def parse_record(raw: dict, root: Path, where: str = "record") -> Record:
         l0_region=_rect(region, where) if region is not None else None,
         details=details,
         task=str(raw.get("task", "")),
+        attend=root / attend if attend is not None else None,
     )
 
 
@@ -255,14 +265,11 @@ def load_example(record: Record, *, thumb_side: int, detail_side: int) -> Exampl
     else:
         details = torch.zeros(0, 3, detail_side, detail_side)
 
+    def square_mask(path: Path) -> torch.Tensor:
+        return (to_tensor(pad_mask_to_square(_open_image(path, "L"), frame)) > 0.5).float()
+
     def masks_of(role: str) -> list[torch.Tensor]:
-        out = []
-        for turn in record.turns:
-            if turn.role == role:
-                for path in turn.masks:
-                    square = pad_mask_to_square(_open_image(path, "L"), frame)
-                    out.append((to_tensor(square) > 0.5).float())
-        return out
+        return [square_mask(p) for turn in record.turns if turn.role == role for p in turn.masks]
 
     return Example(
         record=record,
@@ -270,6 +277,7 @@ def load_example(record: Record, *, thumb_side: int, detail_side: int) -> Exampl
         details=details,
         mask_inputs=masks_of("user"),
         mask_targets=masks_of("assistant"),
+        attend=square_mask(record.attend) if record.attend is not None else None,
     )
 
 

@@ -23,6 +23,11 @@ PGDFC gives at inference. In training the cells are those a good probe would pic
 question (the lesion's cells), padded with random tissue cells, in shuffled order; the test
 split is left to the engine to read itself.
 
+Slide-level records also carry "attend": the map of every lesion on the slide, the target
+of the trainer's optional probe-attention loss (`omnipath.train.probe_loss`). It teaches
+layer 0 where details matter; the paper instead relies on attention emerging from ~490k
+samples, which a 135M model trained for minutes does not get.
+
 Splits are by slide with a fixed seed (70 / 15 / 15 %): no slide of the test split appears
 in train or validation.
 """
@@ -65,6 +70,8 @@ class SyntheticSetConfig:
     nucleus_patch_side: int = 64  # output pixels at the detail magnification
     max_nuclei: int = 6
     tasks: tuple[str, ...] = TASKS
+    # Give slide-level records an "attend" map (every lesion) for the probe-attention loss.
+    attention_targets: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -175,6 +182,10 @@ _NUCLEI_Q = (
 )
 
 
+def _with_article(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -211,6 +222,15 @@ class _SlideContext:
         value = self.truth.lesions[lesion_index].mask_value
         binary = (np.asarray(self.label_map) == value).astype(np.uint8) * 255
         return self.save(Image.fromarray(binary), "masks", f"lesion{lesion_index}")
+
+    def attend_mask(self) -> str | None:
+        """Every lesion of the slide as one map: where PGDFC's probe should look (the
+        record's "attend"), or None when the set is built without attention targets."""
+        if not self.config.attention_targets or not self.truth.lesions:
+            return None
+        values = [lesion.mask_value for lesion in self.truth.lesions]
+        binary = np.isin(np.asarray(self.label_map), values).astype(np.uint8) * 255
+        return self.save(Image.fromarray(binary), "masks", "lesions")
 
     def _read_rects(self) -> dict[tuple[int, int], L0Rect]:
         """The engine's read rectangle of every tissue cell (grid_row, grid_col)."""
@@ -294,6 +314,7 @@ def _record(
     human_masks=(),
     gpt_masks=(),
     image: str | None = None,
+    attend: str | None = None,
 ) -> dict:
     human_turn = {"from": "human", "value": f"<image>\n{human}"}
     if human_masks:
@@ -309,6 +330,8 @@ def _record(
     }
     if details:
         record["details"] = details
+    if attend:
+        record["attend"] = attend
     return record
 
 
@@ -321,6 +344,7 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
 
     records: list[dict] = []
     tasks = set(config.tasks)
+    attend = ctx.attend_mask()
     for i, lesion in enumerate(lesions):
         box = ctx.rel_box(lesion.l0_rect)
         if "grade" in tasks:
@@ -333,6 +357,7 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
                     pick(_GRADE_Q).format(kind=lesion.kind, box=box),
                     f"Grade {lesion.grade}.",
                     details=ctx.details(i),
+                    attend=attend,
                 )
             )
         if "segment" in tasks:
@@ -345,6 +370,7 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
                     pick(_SEGMENT_Q).format(kind=lesion.kind, box=box),
                     "Here it is: <mask>",
                     details=ctx.details(i),
+                    attend=attend,
                     gpt_masks=[ctx.lesion_mask(i)],
                 )
             )
@@ -356,8 +382,9 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
                     "refer",
                     f"refer{i}",
                     f"In the region <mask>: {pick(_REFER_Q)}",
-                    f"A {lesion.kind} lesion, grade {lesion.grade}.",
+                    f"{_with_article(lesion.kind).capitalize()} lesion, grade {lesion.grade}.",
                     details=ctx.details(i),
+                    attend=attend,
                     human_masks=[ctx.lesion_mask(i)],
                 )
             )
@@ -371,6 +398,7 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
                     pick(_KIND_Q).format(box=box),
                     f"{lesion.kind.capitalize()}.",
                     details=ctx.details(i),
+                    attend=attend,
                 )
             )
         if "nuclei" in tasks:
@@ -384,13 +412,29 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
         else:
             answer = "There is no lesion on this slide."
         records.append(
-            _record(ctx, "detect", "detect", pick(_DETECT_Q), answer, details=ctx.details(None))
+            _record(
+                ctx,
+                "detect",
+                "detect",
+                pick(_DETECT_Q),
+                answer,
+                details=ctx.details(None),
+                attend=attend,
+            )
         )
     if "count" in tasks:
         ctx.reseed("count", -1)
         answer = f"There {'is' if len(lesions) == 1 else 'are'} {_plural(len(lesions), 'lesion')}."
         records.append(
-            _record(ctx, "count", "count", pick(_COUNT_Q), answer, details=ctx.details(None))
+            _record(
+                ctx,
+                "count",
+                "count",
+                pick(_COUNT_Q),
+                answer,
+                details=ctx.details(None),
+                attend=attend,
+            )
         )
     return records
 

@@ -9,7 +9,9 @@ models, whose towers start from random weights).
 
 Loss = ce_weight · next-token CE + mask_weight · (bce_weight · BCE + dice_weight · Dice); the
 model computes the two parts in its forward (`lm_loss`, `mask_loss`), the BCE/Dice weights
-live in `config.mask_config` so they are saved with every checkpoint.
+live in `config.mask_config` so they are saved with every checkpoint. Optionally
++ probe_weight · L_probe, the probe-attention loss on records with an `attend` map
+(`omnipath.train.probe_loss`; 0 by default, as in the paper).
 
 Checkpoints: `output_dir/checkpoint-NNNNNNN/` holds the model in `save_pretrained` format
 (the full model; with LoRA the PEFT adapter plus the fully trained modules) and
@@ -34,6 +36,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from omnipath.errors import OmniPathError
+from omnipath.train.probe_loss import (
+    captured_decoder_inputs,
+    omnipath_of,
+    probe_attention_loss,
+    split_probe_inputs,
+)
 
 LORA_LM_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Everything of OmniPath except the language model (fully trained, also under LoRA).
@@ -64,6 +72,7 @@ class TrainConfig:
     mask_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
+    probe_weight: float = 0.0  # probe-attention loss (omnipath.train.probe_loss); 0 = paper
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -89,6 +98,8 @@ class TrainConfig:
             raise TrainingError("max_steps must be at least 1.")
         if not 0 <= self.warmup_ratio < 1:
             raise TrainingError("warmup_ratio must be in [0, 1).")
+        if self.probe_weight < 0:
+            raise TrainingError("probe_weight must be zero or positive.")
 
 
 @dataclass
@@ -97,6 +108,7 @@ class TrainResult:
     losses: list[float]  # mean total loss of each optimizer step
     lm_losses: list[float]
     mask_losses: list[float]
+    probe_losses: list[float]  # NaN for steps without a probe target
     checkpoint: Path | None
     model: torch.nn.Module  # the trained model (PEFT-wrapped with LoRA)
 
@@ -166,21 +178,37 @@ def _apply_loss_weights(model, config: TrainConfig) -> None:
     # mask_weight is applied here, not through the model's loss_weight (see _step_loss)
 
 
-def _step_loss(outputs, config: TrainConfig) -> tuple[torch.Tensor, float, float]:
-    total = None
-    lm = outputs.lm_loss
-    mask = outputs.mask_loss
-    if lm is not None:
-        total = config.ce_weight * lm
-    if mask is not None:
-        total = config.mask_weight * mask if total is None else total + config.mask_weight * mask
-    if total is None:
+def _step_loss(
+    outputs, config: TrainConfig, probe: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float, float, float]:
+    """(weighted total, lm, mask, probe); a missing part is NaN."""
+    parts = [
+        (config.ce_weight, outputs.lm_loss),
+        (config.mask_weight, outputs.mask_loss),
+        (config.probe_weight, probe),
+    ]
+    terms = [weight * value for weight, value in parts if value is not None]
+    if outputs.lm_loss is None and outputs.mask_loss is None:
         raise TrainingError("A batch produced no loss: it has neither labels nor mask targets.")
-    return (
-        total,
-        float(lm.detach()) if lm is not None else float("nan"),
-        float(mask.detach()) if mask is not None else float("nan"),
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    values = [float(v.detach()) if v is not None else float("nan") for _, v in parts]
+    return total, values[0], values[1], values[2]
+
+
+def _forward(model, batch: dict, config: TrainConfig, device) -> tuple[object, torch.Tensor | None]:
+    """The model's outputs on a collator batch, and L_probe when probe_weight > 0."""
+    model_inputs, probe_inputs = split_probe_inputs(_batch_to(batch, device))
+    if config.probe_weight <= 0 or not probe_inputs:
+        return model(**model_inputs), None
+    omnipath_model = omnipath_of(model)
+    with captured_decoder_inputs(omnipath_model) as kept:
+        outputs = model(**model_inputs)
+    probe = probe_attention_loss(
+        omnipath_model, kept["inputs_embeds"], model_inputs["input_ids"], **probe_inputs
     )
+    return outputs, probe
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -328,7 +356,15 @@ def train(
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": [], "lm": [], "mask": []}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "losses": [],
+        "lm": [],
+        "mask": [],
+        "probe": [],
+    }
     checkpoints = list_checkpoints(config.output_dir) if resume else []
     if checkpoints:
         latest = checkpoints[-1]
@@ -336,7 +372,7 @@ def train(
         saved = torch.load(latest / STATE_FILE, weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+        state = {"probe": [], **saved["state"]}  # runs saved before the probe loss
         random.setstate(saved["python_rng"])
         torch.set_rng_state(saved["torch_rng"])
 
@@ -347,8 +383,8 @@ def train(
         disable=not (config.progress and accelerator.is_local_main_process),
     )
     last_checkpoint = checkpoints[-1] if checkpoints else None
-    step_total = step_lm = step_mask = 0.0
-    micro = 0
+    step_total = step_lm = step_mask = step_probe = 0.0
+    micro = probe_micro = 0
     started = time.monotonic()
     while state["step"] < total_steps:
         sampler.set_epoch(state["epoch"])
@@ -356,8 +392,8 @@ def train(
         for batch in epoch_loader:
             state["batch_in_epoch"] += 1
             with accelerator.accumulate(model):
-                outputs = model(**_batch_to(batch, accelerator.device))
-                loss, lm_value, mask_value = _step_loss(outputs, config)
+                outputs, probe = _forward(model, batch, config, accelerator.device)
+                loss, lm_value, mask_value, probe_value = _step_loss(outputs, config, probe)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"The loss became {float(loss)} at step {state['step']}; "
@@ -372,6 +408,9 @@ def train(
             step_total += float(loss.detach())
             step_lm += lm_value if not math.isnan(lm_value) else 0.0
             step_mask += mask_value if not math.isnan(mask_value) else 0.0
+            if not math.isnan(probe_value):
+                step_probe += probe_value
+                probe_micro += 1
             micro += 1
             if not accelerator.sync_gradients:
                 continue
@@ -379,14 +418,16 @@ def train(
             state["losses"].append(step_total / micro)
             state["lm"].append(step_lm / micro)
             state["mask"].append(step_mask / micro)
-            step_total = step_lm = step_mask = 0.0
-            micro = 0
+            state["probe"].append(step_probe / probe_micro if probe_micro else float("nan"))
+            step_total = step_lm = step_mask = step_probe = 0.0
+            micro = probe_micro = 0
             bar.update(1)
             if state["step"] % config.log_every == 0:
                 bar.set_postfix(
                     loss=f"{state['losses'][-1]:.4f}",
                     lm=f"{state['lm'][-1]:.3f}",
                     mask=f"{state['mask'][-1]:.3f}",
+                    probe=f"{state['probe'][-1]:.3f}",
                     lr=f"{scheduler.get_last_lr()[0]:.2e}",
                 )
             out_of_time = (
@@ -412,6 +453,7 @@ def train(
         losses=list(state["losses"]),
         lm_losses=list(state["lm"]),
         mask_losses=list(state["mask"]),
+        probe_losses=list(state["probe"]),
         checkpoint=last_checkpoint,
         model=accelerator.unwrap_model(model),
     )
@@ -428,7 +470,8 @@ def evaluate_loss(
     with torch.no_grad():
         for start in range(0, len(chosen), batch_size):
             batch = collator([dataset[i] for i in chosen[start : start + batch_size]])
-            outputs = model(**_batch_to(batch, device))
+            model_inputs, _ = split_probe_inputs(_batch_to(batch, device))
+            outputs = model(**model_inputs)
             total += float(outputs.loss)
             count += 1
     return total / max(1, count)
