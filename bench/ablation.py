@@ -112,7 +112,11 @@ def run(engine, records: list[dict], root: Path, s: int, max_new_tokens: int) ->
     from omnipath.slide import open_slide
     from omnipath.synth import read_synthetic_labels
 
-    stats = {m: {"correct": 0, "asked": 0, "tiles": 0, "tiles_on_lesion": 0} for m in MODES}
+    stats = {
+        m: {"correct": 0, "asked": 0, "grade_correct": 0, "grade_asked": 0, "tiles": 0}
+        | {"tiles_on_lesion": 0}
+        for m in MODES
+    }
     boxes = {"tp": 0, "pred": 0, "gold": 0, "ious": []}
     masks = {"dice": [], "iou": []}
     for n, record in enumerate(records, start=1):
@@ -133,10 +137,12 @@ def run(engine, records: list[dict], root: Path, s: int, max_new_tokens: int) ->
                 st["tiles"] += len(answer.regions)
                 st["tiles_on_lesion"] += sum(on_lesion(r.l0_rect, truth) for r in answer.regions)
                 if task in ACCURACY_TASKS:
+                    right = int(normalise(task, gold) == normalise(task, answer.text) != "")
                     st["asked"] += 1
-                    st["correct"] += int(
-                        normalise(task, gold) == normalise(task, answer.text) != ""
-                    )
+                    st["correct"] += right
+                    if task == "grade":  # the task whose answer only the detail patches show
+                        st["grade_asked"] += 1
+                        st["grade_correct"] += right
                 elif task == "detect":
                     gold_boxes = [(b.x0, b.y0, b.x1, b.y1) for b in parse_box_text(gold)]
                     predicted = [(b.rel.x0, b.rel.y0, b.rel.x1, b.rel.y1) for b in answer.boxes]
@@ -160,15 +166,17 @@ def print_table(result: dict, n_records: int, s: int) -> None:
     def pct(a: float, b: float) -> str:
         return f"{100.0 * a / b:5.1f}" if b else "  n/a"
 
-    print(f"\nPGDFC ablation on the held-out split ({n_records} questions, S = {s})")
-    print("| mode | accuracy % | tiles on a lesion % |")
-    print("|---|---|---|")
+    print(f"\nPGDFC ablation on held-out slides ({n_records} questions, S = {s})")
+    print("| mode | accuracy % | grade accuracy % | tiles on a lesion % |")
+    print("|---|---|---|---|")
     labels = {"off": "no PGDFC (thumbnail)", "random": "random tiles", "attention": "PGDFC"}
     for mode in MODES:
         st = stats[mode]
         tiles = pct(st["tiles_on_lesion"], st["tiles"]) if mode != "off" else "    -"
+        grade = f"{pct(st['grade_correct'], st['grade_asked'])} ({st['grade_correct']}/{st['grade_asked']})"
         print(
-            f"| {labels[mode]} | {pct(st['correct'], st['asked'])} ({st['correct']}/{st['asked']}) | {tiles} |"
+            f"| {labels[mode]} | {pct(st['correct'], st['asked'])} ({st['correct']}/{st['asked']})"
+            f" | {grade} | {tiles} |"
         )
     b = result["boxes"]
     precision = b["tp"] / b["pred"] if b["pred"] else 0.0
@@ -178,8 +186,8 @@ def print_table(result: dict, n_records: int, s: int) -> None:
     m = result["masks"]
     dice = float(np.mean(m["dice"])) if m["dice"] else float("nan")
     iou = float(np.mean(m["iou"])) if m["iou"] else float("nan")
-    print(f"| boxes (PGDFC) | F1 {f1:.3f}, mean IoU {mean_iou:.3f} ({b['gold']} gold boxes) | |")
-    print(f"| masks (PGDFC) | Dice {dice:.3f}, IoU {iou:.3f} ({len(m['dice'])} masks) | |")
+    print(f"| boxes (PGDFC) | F1 {f1:.3f}, mean IoU {mean_iou:.3f} ({b['gold']} gold boxes) | | |")
+    print(f"| masks (PGDFC) | Dice {dice:.3f}, IoU {iou:.3f} ({len(m['dice'])} masks) | | |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,6 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None, help="at most this many questions")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--splits",
+        default="test",
+        help="comma-separated splits to ask (default: test). A set built with another seed "
+        "than the model's has no slide in common with its training, so all its splits are "
+        "held out.",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -205,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(model, tokenizer, model_id=MINI_MODEL_ID, revision=None, demo=True)
     records = [
         r
-        for r in json.loads((args.data / "test.json").read_text())
+        for split in args.splits.split(",")
+        for r in json.loads((args.data / f"{split.strip()}.json").read_text())
         if r["task"] in (*ACCURACY_TASKS, "detect", "segment")
     ]
     if args.limit:

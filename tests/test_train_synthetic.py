@@ -75,7 +75,11 @@ def test_every_task_is_present_and_answers_match_the_ground_truth(built):
             article = "An" if kind[0] in "aeiou" else "A"
             assert answer == f"{article} {kind} lesion, grade {truth.lesions[index].grade}."
         # slide-level records point the probe loss at every lesion; patch records do not
-        if record["task"] == "nuclei":
+        if record["task"] == "patch_grade":  # a patch the lesion covers, graded as the lesion
+            index = int(record["id"].split("patch_grade", 1)[1].split("_")[0])
+            assert answer == f"Grade {truth.lesions[index].grade}."
+            assert record["image"].startswith("patches/")
+        if record["task"] in ("nuclei", "patch_grade"):
             assert "attend" not in record
         else:
             attend = np.asarray(Image.open(root / record["attend"])) > 0

@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mask-weight", type=float, default=defaults.mask_weight)
     parser.add_argument("--bce-weight", type=float, default=defaults.bce_weight)
     parser.add_argument("--dice-weight", type=float, default=defaults.dice_weight)
+    parser.add_argument(
+        "--probe-weight",
+        type=float,
+        default=defaults.probe_weight,
+        help="probe-attention loss on records with an 'attend' map (0 = the paper's recipe)",
+    )
     parser.add_argument("--lora", action="store_true", help="LoRA on the LM; the rest in full")
     parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         mask_weight=args.mask_weight,
         bce_weight=args.bce_weight,
         dice_weight=args.dice_weight,
+        probe_weight=args.probe_weight,
         lora=args.lora,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,

@@ -13,6 +13,9 @@ of `omnipath.train.data` (thumbnail PNG, detail-patch PNGs, mask PNGs, JSON):
 - refer      "In the region <mask>: what is there?" (the map goes through the mask encoder,
              the engine's own wording for a user-drawn region) → kind and grade.
 - count/kind plain questions answered from the thumbnail.
+- patch_grade "What is the grade of the lesion in this patch?" on one detail patch of a
+             lesion (the engine's read of a cell the lesion covers): many cheap examples of
+             the texture the grade task needs, so the small towers learn to see it.
 - nuclei     nucleus-level detection on a high-resolution patch of a lesion: the boxes of the
              largest nuclei, found in the patch's pixels by stain thresholding (the writer
              does not export nucleus positions; the rule is in `nucleus_boxes`).
@@ -47,7 +50,7 @@ from omnipath.train.data import format_rel_box, pad_mask_to_square
 SPLITS = ("train", "val", "test")
 # A cell is tissue when this fraction of it is (the engine's background_threshold default).
 TISSUE_THRESHOLD = 0.2
-TASKS = ("grade", "detect", "segment", "refer", "count", "kind", "nuclei")
+TASKS = ("grade", "detect", "segment", "refer", "count", "kind", "nuclei", "patch_grade")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class SyntheticSetConfig:
     context_fraction: float = 0.25
     nucleus_patch_side: int = 64  # output pixels at the detail magnification
     max_nuclei: int = 6
+    patch_grades: int = 3  # patch_grade records per lesion (detail-sized, centred on it)
     tasks: tuple[str, ...] = TASKS
     # Give slide-level records an "attend" map (every lesion) for the probe-attention loss.
     attention_targets: bool = True
@@ -404,6 +408,9 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
         if "nuclei" in tasks:
             ctx.reseed("nuclei", i)
             records.append(_nuclei_record(ctx, i))
+        if "patch_grade" in tasks:
+            ctx.reseed("patch_grade", i)
+            records.extend(_patch_grade_records(ctx, i))
     if "detect" in tasks:
         ctx.reseed("detect", -1)
         if lesions:
@@ -437,6 +444,50 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
             )
         )
     return records
+
+
+_PATCH_GRADE_Q = (
+    "What is the grade of the lesion in this patch?",
+    "Grade this patch from 1 to 3.",
+)
+
+
+def _patch_grade_records(ctx: _SlideContext, lesion_index: int) -> list[dict]:
+    """`patch_grades` patches of the engine's detail size and magnification, each centred on
+    a random pixel of the lesion, the patch as the image: "Grade g." """
+    from omnipath import pgdfc
+
+    config = ctx.config
+    lesion = ctx.truth.lesions[lesion_index]
+    down = ctx.truth.mask_downsample
+    ys, xs = np.nonzero(np.asarray(ctx.label_map) == lesion.mask_value)
+    if ys.size == 0:
+        return []
+    window = round(
+        pgdfc.detail_window_l0(
+            encoder_side=config.thumb_side,
+            slide_mpp=ctx.truth.mpp,
+            detail_mpp=10.0 / config.detail_magnification,
+        )
+    )
+    side = pgdfc.detail_read_side(
+        window,
+        slide_mpp=ctx.truth.mpp,
+        detail_mpp=10.0 / config.detail_magnification,
+        encoder_side=config.thumb_side,
+    )
+    out = []
+    for k, pick in enumerate(ctx.rng.choice(ys.size, size=config.patch_grades)):
+        cx, cy = int(xs[pick]) * down + down // 2, int(ys[pick]) * down + down // 2
+        rect = L0Rect(cx - window // 2, cy - window // 2, window, window)
+        patch = ctx.slide.read_l0_region(rect, (side, side))
+        image = ctx.save(patch, "patches", f"grade{lesion_index}_{k}")
+        question = _PATCH_GRADE_Q[int(ctx.rng.integers(len(_PATCH_GRADE_Q)))]
+        name = f"patch_grade{lesion_index}_{k}"
+        out.append(
+            _record(ctx, "patch_grade", name, question, f"Grade {lesion.grade}.", image=image)
+        )
+    return out
 
 
 def _nuclei_record(ctx: _SlideContext, lesion_index: int) -> dict:
