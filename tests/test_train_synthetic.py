@@ -75,11 +75,7 @@ def test_every_task_is_present_and_answers_match_the_ground_truth(built):
             article = "An" if kind[0] in "aeiou" else "A"
             assert answer == f"{article} {kind} lesion, grade {truth.lesions[index].grade}."
         # slide-level records point the probe loss at every lesion; patch records do not
-        if record["task"] == "patch_grade":  # a patch the lesion covers, graded as the lesion
-            index = int(record["id"].split("patch_grade", 1)[1].split("_")[0])
-            assert answer == f"Grade {truth.lesions[index].grade}."
-            assert record["image"].startswith("patches/")
-        if record["task"] in ("nuclei", "patch_grade"):
+        if record["task"] == "nuclei":
             assert "attend" not in record
         else:
             attend = np.asarray(Image.open(root / record["attend"])) > 0
@@ -96,6 +92,24 @@ def test_building_twice_gives_the_same_set(built, tmp_path):
     again = build_synthetic_set(tmp_path, config)
     first = [r for r in json.loads(paths["train"].read_text()) if r["task"] == "grade"]
     assert json.loads(again["train"].read_text()) == first
+
+
+def test_opt_in_patch_grade_records_are_detail_sized_and_carry_the_lesion_grade(tmp_path):
+    from omnipath.synth import read_synthetic_labels
+
+    config = SyntheticSetConfig(
+        n_slides=1, slide_width=2048, slide_height=1536, seed=7, tasks=("patch_grade",)
+    )
+    paths = build_synthetic_set(tmp_path, config)
+    records = [r for p in paths.values() for r in json.loads(p.read_text())]
+    truth = read_synthetic_labels(tmp_path / "slides" / "slide000.tiff")
+    assert len(records) == config.patch_grades * len(truth.lesions)
+    for record in records:
+        index = int(record["id"].split("patch_grade", 1)[1].split("_")[0])
+        assert record["conversations"][1]["value"] == f"Grade {truth.lesions[index].grade}."
+        assert "attend" not in record
+        patch = Image.open(tmp_path / record["image"])
+        assert patch.size == (128, 128)  # the engine's detail read at 20× (0.5 µm/px)
 
 
 def test_nucleus_boxes_find_drawn_nuclei():

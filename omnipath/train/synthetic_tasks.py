@@ -13,9 +13,9 @@ of `omnipath.train.data` (thumbnail PNG, detail-patch PNGs, mask PNGs, JSON):
 - refer      "In the region <mask>: what is there?" (the map goes through the mask encoder,
              the engine's own wording for a user-drawn region) → kind and grade.
 - count/kind plain questions answered from the thumbnail.
-- patch_grade "What is the grade of the lesion in this patch?" on one detail patch of a
-             lesion (the engine's read of a cell the lesion covers): many cheap examples of
-             the texture the grade task needs, so the small towers learn to see it.
+- patch_grade (opt-in) "What is the grade of the lesion in this patch?" on a detail-sized
+             patch centred on a lesion pixel: cheap examples of the texture the grade task
+             needs.
 - nuclei     nucleus-level detection on a high-resolution patch of a lesion: the boxes of the
              largest nuclei, found in the patch's pixels by stain thresholding (the writer
              does not export nucleus positions; the rule is in `nucleus_boxes`).
@@ -51,6 +51,9 @@ SPLITS = ("train", "val", "test")
 # A cell is tissue when this fraction of it is (the engine's background_threshold default).
 TISSUE_THRESHOLD = 0.2
 TASKS = ("grade", "detect", "segment", "refer", "count", "kind", "nuclei", "patch_grade")
+# patch_grade is opt-in: it did not teach omnipath-mini's small towers the grade (see the
+# model card), and it adds a third of the training steps.
+DEFAULT_TASKS = tuple(task for task in TASKS if task != "patch_grade")
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class SyntheticSetConfig:
     nucleus_patch_side: int = 64  # output pixels at the detail magnification
     max_nuclei: int = 6
     patch_grades: int = 3  # patch_grade records per lesion (detail-sized, centred on it)
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     # Give slide-level records an "attend" map (every lesion) for the probe-attention loss.
     attention_targets: bool = True
     extra: dict = field(default_factory=dict)
