@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,11 +71,13 @@ def box_scores(gold: list, predicted: list) -> tuple[int, int, int, list[float]]
     return tp, len(predicted), len(gold), best
 
 
-def mask_scores(answer, truth, lesion_index: int) -> tuple[float, float]:
-    """Dice and IoU of the answer's first mask against the lesion, at label-map resolution."""
-    from PIL import Image
+def read_labels(truth) -> np.ndarray:
+    """The slide's label map (one value per lesion, `truth.mask_downsample` px per pixel)."""
+    return np.asarray(Image.open(truth.masks_path).convert("L"))
 
-    labels = np.asarray(Image.open(truth.masks_path).convert("L"))
+
+def mask_scores(answer, truth, labels: np.ndarray, lesion_index: int) -> tuple[float, float]:
+    """Dice and IoU of the answer's first mask against the lesion, at label-map resolution."""
     gold = labels == truth.lesions[lesion_index].mask_value
     predicted = np.zeros_like(gold)
     if answer.masks:
@@ -94,10 +97,7 @@ def mask_scores(answer, truth, lesion_index: int) -> tuple[float, float]:
     return dice, iou
 
 
-def on_lesion(rect, truth) -> bool:
-    from PIL import Image
-
-    labels = np.asarray(Image.open(truth.masks_path).convert("L"))
+def on_lesion(rect, truth, labels: np.ndarray) -> bool:
     down = truth.mask_downsample
     crop = labels[
         rect.y // down : (rect.y + rect.h) // down + 1,
@@ -123,6 +123,7 @@ def run(engine, records: list[dict], root: Path, s: int, max_new_tokens: int) ->
         stem = record["id"].split("-")[0]
         slide_path = root / "slides" / f"{stem}.tiff"
         truth = read_synthetic_labels(slide_path)
+        labels = read_labels(truth)
         question = record["conversations"][0]["value"].replace("<image>\n", "", 1)
         gold = record["conversations"][1]["value"]
         task = record["task"]
@@ -135,7 +136,9 @@ def run(engine, records: list[dict], root: Path, s: int, max_new_tokens: int) ->
                     print(f"  {record['id']} [{mode}] error: {answer.error}", file=sys.stderr)
                 st = stats[mode]
                 st["tiles"] += len(answer.regions)
-                st["tiles_on_lesion"] += sum(on_lesion(r.l0_rect, truth) for r in answer.regions)
+                st["tiles_on_lesion"] += sum(
+                    on_lesion(r.l0_rect, truth, labels) for r in answer.regions
+                )
                 if task in ACCURACY_TASKS:
                     right = int(normalise(task, gold) == normalise(task, answer.text) != "")
                     st["asked"] += 1
@@ -153,7 +156,7 @@ def run(engine, records: list[dict], root: Path, s: int, max_new_tokens: int) ->
                     boxes["ious"] += best
                 elif task == "segment":
                     index = int(record["id"].rsplit("segment", 1)[1])
-                    dice, iou = mask_scores(answer, truth, index)
+                    dice, iou = mask_scores(answer, truth, labels, index)
                     masks["dice"].append(dice)
                     masks["iou"].append(iou)
                 print(f"  {record['id']} [{mode}] {answer.text[:70]!r}", file=sys.stderr)

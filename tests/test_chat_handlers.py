@@ -19,7 +19,7 @@ from omnipath.errors import (
     SlideError,
     UploadTooLargeError,
 )
-from web import handlers
+from web import handlers, upload
 from web.chat_services import build_chat_services, replace_settings
 from web.config import WebConfig
 
@@ -70,7 +70,7 @@ def services(tmp_path: Path, tiny_engine):
 
 @pytest.fixture()
 def uploaded(services, synthetic_slide) -> dict:
-    return handlers.upload_slide(services, synthetic_slide.path, file_name="case 12.tiff")
+    return upload.upload_slide(services, synthetic_slide.path, file_name="case 12.tiff")
 
 
 def _finish(stream) -> tuple[list[handlers.AskUpdate], handlers.AskUpdate]:
@@ -82,7 +82,7 @@ def test_upload_reports_progress_records_the_slide_and_starts_a_conversation(
     services, synthetic_slide
 ) -> None:
     steps: list[tuple[float, str]] = []
-    result = handlers.upload_slide(
+    result = upload.upload_slide(
         services,
         synthetic_slide.path,
         file_name="case 12.tiff",
@@ -109,7 +109,7 @@ def test_upload_reports_progress_records_the_slide_and_starts_a_conversation(
     conversation = services.store.load_conversation(result["conversation_id"])
     assert conversation["slide_id"] == result["slide_id"] and conversation["turns"] == []
 
-    again = handlers.upload_slide(services, synthetic_slide.path)
+    again = upload.upload_slide(services, synthetic_slide.path)
     assert again["slide_id"] == result["slide_id"]
     assert again["conversation_id"] != result["conversation_id"]  # a new slide upload, a new talk
 
@@ -119,7 +119,7 @@ def test_too_large_upload_is_refused_before_anything_is_read(services, synthetic
     opened: list[Path] = []
     small.web.registry._opener = lambda path: opened.append(path)  # must never be called
     with pytest.raises(UploadTooLargeError, match="more than this server accepts"):
-        handlers.upload_slide(small, synthetic_slide.path)
+        upload.upload_slide(small, synthetic_slide.path)
     assert opened == [] and not any(small.settings.uploads_dir.iterdir())
 
 
@@ -129,14 +129,14 @@ def test_not_a_slide_is_refused_and_the_next_upload_works(
     notes = tmp_path / "notes.tiff"
     notes.write_text("this is not a slide\n" * 50)
     with pytest.raises(SlideError) as caught:
-        handlers.upload_slide(services, notes)
+        upload.upload_slide(services, notes)
     assert caught.value.message and "Traceback" not in caught.value.message
     assert not any(services.settings.uploads_dir.iterdir())  # the copy was removed
     empty = tmp_path / "empty.svs"
     empty.write_bytes(b"")
     with pytest.raises(SlideError):
-        handlers.upload_slide(services, empty)
-    assert handlers.upload_slide(services, synthetic_slide.path)["slide_id"]
+        upload.upload_slide(services, empty)
+    assert upload.upload_slide(services, synthetic_slide.path)["slide_id"]
 
 
 def test_two_turns_stream_log_and_carry_the_history(services, uploaded) -> None:

@@ -10,10 +10,10 @@ from PIL import Image
 
 from omnipath.boxes import parse_box_text
 from omnipath.coords import l0_to_rel
+from omnipath.train.nuclei import nucleus_boxes
 from omnipath.train.synthetic_tasks import (
     SyntheticSetConfig,
     build_synthetic_set,
-    nucleus_boxes,
     split_of_slides,
 )
 

@@ -27,6 +27,7 @@ import gradio as gr
 
 from omnipath.errors import OmniPathError
 from web import handlers
+from web import upload as uploads
 from web.chat_services import ChatServices
 from web.viewer_component import build_viewer, viewer_state
 
@@ -218,9 +219,9 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             return gr.update(choices=choices, value=state.get("conversation_id"))
 
         def upload_slide(path: str, progress: gr.Progress) -> dict[str, Any]:
-            """handlers.upload_slide with Gradio's progress bar; errors as a sentence."""
+            """web.upload.upload_slide with Gradio's progress bar; errors as a sentence."""
             try:
-                return handlers.upload_slide(
+                return uploads.upload_slide(
                     chat,
                     path,
                     file_name=Path(path).name,

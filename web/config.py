@@ -153,7 +153,9 @@ def _validate(config: WebConfig) -> WebConfig:
     if config.data_dir is None:
         raise ConfigError("The data directory cannot be empty.")
     if not config.model.strip():
-        raise ConfigError("The model cannot be empty; use mini for the embedded demonstration model.")
+        raise ConfigError(
+            "The model cannot be empty; use mini for the embedded demonstration model."
+        )
     if config.model_dtype not in DTYPES:
         raise ConfigError(
             f"The model precision must be one of {', '.join(DTYPES)}, not {config.model_dtype!r}."

@@ -18,7 +18,7 @@ of `omnipath.train.data` (thumbnail PNG, detail-patch PNGs, mask PNGs, JSON):
              needs.
 - nuclei     nucleus-level detection on a high-resolution patch of a lesion: the boxes of the
              largest nuclei, found in the patch's pixels by stain thresholding (the writer
-             does not export nucleus positions; the rule is in `nucleus_boxes`).
+             does not export nucleus positions; the rule is in `omnipath.train.nuclei`).
 
 Detail patches follow the engine exactly (grid cells of the square thumbnail, the same
 read rectangles, read side and position texts from `omnipath.pgdfc`), so training sees what
@@ -46,6 +46,7 @@ from PIL import Image
 
 from omnipath.coords import L0Rect, ThumbFrame, l0_to_rel
 from omnipath.train.data import format_rel_box, pad_mask_to_square
+from omnipath.train.nuclei import nucleus_boxes
 
 SPLITS = ("train", "val", "test")
 # A cell is tissue when this fraction of it is (the engine's background_threshold default).
@@ -101,61 +102,6 @@ def slide_seed(seed: int, index: int) -> int:
 
 
 # --- pixels -------------------------------------------------------------------------------
-
-
-def _connected_components(foreground: np.ndarray) -> np.ndarray:
-    """4-connected labels of a small boolean image (0 = background), by label propagation."""
-    height, width = foreground.shape
-    labels = np.where(foreground, np.arange(1, height * width + 1).reshape(height, width), 0)
-    while True:
-        padded = np.pad(labels, 1)
-        neighbours = np.stack(
-            [
-                padded[1:-1, 1:-1],
-                padded[:-2, 1:-1],
-                padded[2:, 1:-1],
-                padded[1:-1, :-2],
-                padded[1:-1, 2:],
-            ]
-        ).max(axis=0)
-        updated = np.where(foreground, neighbours, 0)
-        if np.array_equal(updated, labels):
-            return labels
-        labels = updated
-
-
-def nucleus_boxes(
-    patch: Image.Image, *, max_nuclei: int, min_area: int = 6
-) -> list[tuple[float, float, float, float]]:
-    """Boxes (fractions of the patch, x0 y0 x1 y1) of the `max_nuclei` largest nuclei.
-
-    A pixel is nuclear when its red-channel optical density exceeds 0.45: hematoxylin absorbs
-    red strongly, eosin hardly (the stain vectors of omnipath.synth.texture). Components under
-    `min_area` pixels are noise. Sorted top-to-bottom, then left-to-right.
-    """
-    rgb = np.asarray(patch.convert("RGB"), dtype=np.float32)
-    red_od = -np.log(np.clip(rgb[..., 0], 1.0, 255.0) / 255.0)
-    labels = _connected_components(red_od > 0.45)
-    height, width = labels.shape
-    found = []
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        ys, xs = np.nonzero(labels == value)
-        if ys.size < min_area:
-            continue
-        found.append(
-            (
-                ys.size,
-                xs.min() / width,
-                ys.min() / height,
-                (xs.max() + 1) / width,
-                (ys.max() + 1) / height,
-            )
-        )
-    found.sort(key=lambda item: -item[0])
-    boxes = [tuple(float(v) for v in item[1:]) for item in found[:max_nuclei]]
-    return sorted(boxes, key=lambda b: (round(b[1], 1), b[0]))
 
 
 def _cell_fractions(
@@ -345,69 +291,45 @@ def _record(
 def _slide_records(ctx: _SlideContext) -> list[dict]:
     config = ctx.config
     lesions = ctx.truth.lesions
+    tasks = set(config.tasks)
+    attend = ctx.attend_mask()
 
     def pick(options: tuple[str, ...]) -> str:
         return options[int(ctx.rng.integers(len(options)))]
 
+    def slide_record(task: str, lesion: int | None, question: str, answer: str, **masks) -> dict:
+        """A question about the whole slide: the thumbnail, detail patches as the engine
+        would read them for `lesion` (None: random tissue), the attend map."""
+        name = task if lesion is None else f"{task}{lesion}"
+        details = ctx.details(lesion)
+        return _record(ctx, task, name, question, answer, details=details, attend=attend, **masks)
+
     records: list[dict] = []
-    tasks = set(config.tasks)
-    attend = ctx.attend_mask()
     for i, lesion in enumerate(lesions):
         box = ctx.rel_box(lesion.l0_rect)
         if "grade" in tasks:
             ctx.reseed("grade", i)
-            records.append(
-                _record(
-                    ctx,
-                    "grade",
-                    f"grade{i}",
-                    pick(_GRADE_Q).format(kind=lesion.kind, box=box),
-                    f"Grade {lesion.grade}.",
-                    details=ctx.details(i),
-                    attend=attend,
-                )
-            )
+            question = pick(_GRADE_Q).format(kind=lesion.kind, box=box)
+            records.append(slide_record("grade", i, question, f"Grade {lesion.grade}."))
         if "segment" in tasks:
             ctx.reseed("segment", i)
+            question = pick(_SEGMENT_Q).format(kind=lesion.kind, box=box)
             records.append(
-                _record(
-                    ctx,
-                    "segment",
-                    f"segment{i}",
-                    pick(_SEGMENT_Q).format(kind=lesion.kind, box=box),
-                    "Here it is: <mask>",
-                    details=ctx.details(i),
-                    attend=attend,
-                    gpt_masks=[ctx.lesion_mask(i)],
+                slide_record(
+                    "segment", i, question, "Here it is: <mask>", gpt_masks=[ctx.lesion_mask(i)]
                 )
             )
         if "refer" in tasks:
             ctx.reseed("refer", i)
+            question = f"In the region <mask>: {pick(_REFER_Q)}"
+            answer = f"{_with_article(lesion.kind).capitalize()} lesion, grade {lesion.grade}."
             records.append(
-                _record(
-                    ctx,
-                    "refer",
-                    f"refer{i}",
-                    f"In the region <mask>: {pick(_REFER_Q)}",
-                    f"{_with_article(lesion.kind).capitalize()} lesion, grade {lesion.grade}.",
-                    details=ctx.details(i),
-                    attend=attend,
-                    human_masks=[ctx.lesion_mask(i)],
-                )
+                slide_record("refer", i, question, answer, human_masks=[ctx.lesion_mask(i)])
             )
         if "kind" in tasks:
             ctx.reseed("kind", i)
-            records.append(
-                _record(
-                    ctx,
-                    "kind",
-                    f"kind{i}",
-                    pick(_KIND_Q).format(box=box),
-                    f"{lesion.kind.capitalize()}.",
-                    details=ctx.details(i),
-                    attend=attend,
-                )
-            )
+            question = pick(_KIND_Q).format(box=box)
+            records.append(slide_record("kind", i, question, f"{lesion.kind.capitalize()}."))
         if "nuclei" in tasks:
             ctx.reseed("nuclei", i)
             records.append(_nuclei_record(ctx, i))
@@ -421,31 +343,11 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
             answer = f"{_plural(len(lesions), 'lesion')}. {listing}."
         else:
             answer = "There is no lesion on this slide."
-        records.append(
-            _record(
-                ctx,
-                "detect",
-                "detect",
-                pick(_DETECT_Q),
-                answer,
-                details=ctx.details(None),
-                attend=attend,
-            )
-        )
+        records.append(slide_record("detect", None, pick(_DETECT_Q), answer))
     if "count" in tasks:
         ctx.reseed("count", -1)
         answer = f"There {'is' if len(lesions) == 1 else 'are'} {_plural(len(lesions), 'lesion')}."
-        records.append(
-            _record(
-                ctx,
-                "count",
-                "count",
-                pick(_COUNT_Q),
-                answer,
-                details=ctx.details(None),
-                attend=attend,
-            )
-        )
+        records.append(slide_record("count", None, pick(_COUNT_Q), answer))
     return records
 
 
