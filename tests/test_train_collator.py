@@ -234,3 +234,21 @@ def test_probe_position_is_the_token_the_engine_probes_and_attend_becomes_grid_c
     expected[1:3, 0:2] = 1
     assert torch.equal(targets[0].reshape(4, 4), expected)
     assert not targets[1].any()  # no attend map: no target
+
+
+def test_bad_attend_maps_are_clear_errors(tmp_path):
+    record = {
+        "id": "x",
+        "image": "wide.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhere?"},
+            {"from": "gpt", "value": "There."},
+        ],
+    }
+    path = _write_dataset(tmp_path, [{**record, "attend": ["left.png"]}])
+    with pytest.raises(DatasetError, match="'attend' must be the path of a mask file"):
+        read_records(path)
+    path = _write_dataset(tmp_path, [{**record, "attend": "missing.png"}])
+    dataset = ConversationDataset(path, thumb_side=SIDE, detail_side=8)
+    with pytest.raises(DatasetError, match="could not be read"):
+        dataset[0]

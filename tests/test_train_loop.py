@@ -169,6 +169,8 @@ def test_bad_settings_are_clear_errors(tmp_path):
     model, tokenizer, dataset, collator = _setup(tmp_path)
     with pytest.raises(TrainingError, match="positive"):
         train(model, dataset, collator, _config(tmp_path, lr=0.0))
+    with pytest.raises(TrainingError, match="probe_weight must be zero or positive"):
+        train(model, dataset, collator, _config(tmp_path, probe_weight=-1.0))
 
 
 @pytest.mark.slow
