@@ -6,6 +6,20 @@ the logs (never shown in the browser).
 
 from __future__ import annotations
 
+# The most characters of a person's input that a message quotes back (echo()).
+ECHO_LIMIT = 80
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """`value` as a message quotes it: its repr, cut to `limit` characters with "…" (a
+    100,000-character id must not come back whole). Every message that repeats what a person
+    sent goes through here."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # deeply nested data; an int of 4,300+ digits
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class OmniPathError(Exception):
     """Base class of every error this project raises on purpose."""

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from omnipath.errors import OptionsError, TokenBudgetError
+from omnipath.errors import OptionsError, TokenBudgetError, echo
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -244,14 +244,16 @@ class Cell:
 def validate_mode(mode: str) -> None:
     if mode not in PGDFC_MODES:
         raise OptionsError(
-            f"PGDFC mode {mode!r} is not known; use one of: {', '.join(PGDFC_MODES)}."
+            f"PGDFC mode {echo(mode)} is not known; use one of: {', '.join(PGDFC_MODES)}."
         )
 
 
 def validate_s(s: object, *, mode: str) -> None:
     """S checks that need no slide (the engine checks S against the tissue cells later)."""
     if isinstance(s, bool) or not isinstance(s, int):
-        raise OptionsError(f"S (the number of detail patches) must be a whole number, not {s!r}.")
+        raise OptionsError(
+            f"S (the number of detail patches) must be a whole number, not {echo(s)}."
+        )
     if mode != "off" and s < 1:
         raise OptionsError(
             f"S = {s}: PGDFC needs at least one detail patch; "

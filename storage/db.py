@@ -25,6 +25,8 @@ SPACES_DATA_DIR = Path("/data")
 # Milliseconds a connection waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# SQLSTATEs of a PostgreSQL statement that waited on a lock: lock_not_available, deadlock.
+_PG_BUSY_SQLSTATES = ("55P03", "40P01")
 
 
 def default_database_path() -> Path:
@@ -65,6 +67,17 @@ def resolve_url(url_or_path: str | os.PathLike[str] | None = None) -> URL:
 def describe_url(url: URL) -> str:
     """The URL as text with the password hidden (for messages and logs)."""
     return url.render_as_string(hide_password=True)
+
+
+def unavailable_sentence(exc: OperationalError) -> str:
+    """What a person is told when a statement fails on an OperationalError: "busy" when another
+    connection holds the lock (SQLite's "database is locked", a PostgreSQL lock timeout or
+    deadlock), else "not available". Neither names the database: its URL is a file path or a
+    host, for the server log only."""
+    orig = exc.orig
+    if "database is locked" in str(orig) or getattr(orig, "sqlstate", None) in _PG_BUSY_SQLSTATES:
+        return "The session log is busy; try again."
+    return "The session log is not available right now; try again later."
 
 
 def _configure_sqlite(engine: Engine) -> None:

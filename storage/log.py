@@ -9,6 +9,7 @@ slide pixels (`l0_`). Timestamps are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -21,8 +22,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from omnipath.errors import echo
 from storage import shapes
-from storage.db import create_database_engine, describe_url, resolve_url, upgrade_to_head
+from storage.db import (
+    create_database_engine,
+    describe_url,
+    resolve_url,
+    unavailable_sentence,
+    upgrade_to_head,
+)
 from storage.errors import DatabaseError, InvalidRecordError, NotFoundError
 from storage.models import (
     FEEDBACK_VALUES,
@@ -34,6 +42,8 @@ from storage.models import (
     Turn,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 SLIDE_ID_PATTERN = re.compile(r"^[0-9a-f]{16,128}$")
 PGDFC_MODES = ("attention", "random", "off")
@@ -122,7 +132,7 @@ def _optional_text(value: Any, what: str, max_chars: int | None = None) -> str |
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidRecordError(f"{what} must be text, not {value!r}.")
+        raise InvalidRecordError(f"{what} must be text, not {echo(value)}.")
     if max_chars is not None and len(value) > max_chars:
         raise InvalidRecordError(f"{what} is longer than {max_chars} characters.")
     return value
@@ -177,10 +187,8 @@ class Store:
             with factory() as session, session.begin():
                 yield session
         except OperationalError as exc:
-            raise DatabaseError(
-                f"The database at {describe_url(self.url)} is not available right now.",
-                detail=str(exc),
-            ) from exc
+            log.warning("the database at %s failed: %s", describe_url(self.url), exc.orig)
+            raise DatabaseError(unavailable_sentence(exc), detail=str(exc)) from exc
 
     # --- slides ---------------------------------------------------------------------
 
@@ -207,13 +215,16 @@ class Store:
         """
         if not isinstance(slide_id, str) or not SLIDE_ID_PATTERN.match(slide_id):
             raise InvalidRecordError(
-                f"The slide id {slide_id!r} is not a content hash (16–128 lowercase hex digits)."
+                f"The slide id {echo(slide_id)} is not a content hash "
+                "(16–128 lowercase hex digits)."
             )
         for name, value in (("size_bytes", size_bytes), ("width", width), ("height", height)):
             if not shapes._is_int(value) or value < (0 if name == "size_bytes" else 1):
-                raise InvalidRecordError(f"The slide's {name} must be a positive integer, not {value!r}.")
+                raise InvalidRecordError(
+                    f"The slide's {name} must be a positive integer, not {echo(value)}."
+                )
         if not isinstance(vendor, str) or not vendor:
-            raise InvalidRecordError(f"The slide's vendor must be text, not {vendor!r}.")
+            raise InvalidRecordError(f"The slide's vendor must be text, not {echo(vendor)}.")
         optional = {}
         for name, value in (("mpp_x", mpp_x), ("mpp_y", mpp_y), ("objective_power", objective_power)):
             optional[name] = None if value is None else shapes._finite(value, f"The slide's {name}")
@@ -275,7 +286,7 @@ class Store:
         with self._transaction(write=False) as session:
             slide = session.get(Slide, slide_id)
             if slide is None:
-                raise NotFoundError(f"No slide with id {slide_id!r} has been recorded.")
+                raise NotFoundError(f"No slide with id {echo(slide_id)} has been recorded.")
             return _slide_dict(slide)
 
     # --- conversations ----------------------------------------------------------------
@@ -290,7 +301,7 @@ class Store:
         with self._transaction(write=True) as session:
             if session.get(Slide, slide_id) is None:
                 raise NotFoundError(
-                    f"No slide with id {slide_id!r} has been recorded; record it before "
+                    f"No slide with id {echo(slide_id)} has been recorded; record it before "
                     "starting a conversation about it."
                 )
             conv = Conversation(id=_new_id(), slide_id=slide_id, model_id=model_id, title=title)
@@ -302,7 +313,7 @@ class Store:
         # SQLite's BEGIN IMMEDIATE already did.
         conv = session.get(Conversation, conversation_id, with_for_update=True)
         if conv is None:
-            raise NotFoundError(f"No conversation with id {conversation_id!r} exists.")
+            raise NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
         return conv
 
     def rename_conversation(self, conversation_id: str, title: str) -> None:
@@ -363,7 +374,7 @@ class Store:
         with self._transaction(write=False) as session:
             conv = session.execute(query).scalar_one_or_none()
             if conv is None:
-                raise NotFoundError(f"No conversation with id {conversation_id!r} exists.")
+                raise NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
             out = _conversation_summary(conv, len(conv.turns))
             out["slide"] = _slide_dict(conv.slide)
             out["turns"] = [_turn_dict(t) for t in conv.turns]
@@ -396,15 +407,17 @@ class Store:
         in level-0 pixels). The turn and its masks are written in one transaction.
         """
         if role not in ROLES:
-            raise InvalidRecordError(f"A turn's role must be 'user' or 'assistant', not {role!r}.")
+            raise InvalidRecordError(
+                f"A turn's role must be 'user' or 'assistant', not {echo(role)}."
+            )
         if not isinstance(text, str):
             raise InvalidRecordError(f"A turn's text must be text, not {type(text).__name__}.")
         if pgdfc_mode is not None and pgdfc_mode not in PGDFC_MODES:
             raise InvalidRecordError(
-                f"PGDFC mode must be one of {', '.join(PGDFC_MODES)}, not {pgdfc_mode!r}."
+                f"PGDFC mode must be one of {', '.join(PGDFC_MODES)}, not {echo(pgdfc_mode)}."
             )
         if s is not None and (not shapes._is_int(s) or s < 0):
-            raise InvalidRecordError(f"S (detail patches) must be an integer ≥ 0, not {s!r}.")
+            raise InvalidRecordError(f"S (detail patches) must be an integer ≥ 0, not {echo(s)}.")
         row = {
             "role": role,
             # PostgreSQL text cannot hold NUL; a stray one from a model must not lose the turn.
@@ -484,7 +497,7 @@ class Store:
         with self._transaction(write=False) as session:
             turn = session.execute(query).scalar_one_or_none()
             if turn is None:
-                raise NotFoundError(f"No turn with id {turn_id!r} exists.")
+                raise NotFoundError(f"No turn with id {echo(turn_id)} exists.")
             return _turn_dict(turn)
 
     def _last_user_turn(self, session: Session, conversation_id: str) -> Turn | None:
@@ -549,11 +562,11 @@ class Store:
         if isinstance(value, bool):
             value = "like" if value else "dislike"
         if value not in FEEDBACK_VALUES:
-            raise InvalidRecordError(f"Feedback must be 'like' or 'dislike', not {value!r}.")
+            raise InvalidRecordError(f"Feedback must be 'like' or 'dislike', not {echo(value)}.")
         comment = _optional_text(comment, "The feedback comment", 10_000)
         with self._transaction(write=True) as session:
             if session.get(Turn, turn_id) is None:
-                raise NotFoundError(f"No turn with id {turn_id!r} exists to give feedback on.")
+                raise NotFoundError(f"No turn with id {echo(turn_id)} exists to give feedback on.")
             row = Feedback(turn_id=turn_id, value=value, comment=comment)
             session.add(row)
             session.flush()

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from omnipath.errors import echo
 from storage.errors import InvalidRecordError
 
 # A mask PNG larger than this is refused: masks are 1-bit bitmaps of at most a few
@@ -57,10 +58,10 @@ def _is_int(value: Any) -> bool:
 
 def _finite(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise InvalidRecordError(f"{what} must be a number, not {value!r}.")
+        raise InvalidRecordError(f"{what} must be a number, not {echo(value)}.")
     number = float(value)
     if not math.isfinite(number):
-        raise InvalidRecordError(f"{what} must be a finite number, not {value!r}.")
+        raise InvalidRecordError(f"{what} must be a finite number, not {echo(value)}.")
     return number
 
 
@@ -73,7 +74,7 @@ def _four_parts(value: Any, keys: tuple[str, str, str, str], unit: str, what: st
     elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
         parts = list(value)
     else:
-        raise InvalidRecordError(f"{what} must be {layout} {unit}, not {value!r}.")
+        raise InvalidRecordError(f"{what} must be {layout} {unit}, not {echo(value)}.")
     if len(parts) != 4:
         raise InvalidRecordError(f"{what} must have 4 numbers {layout}, not {len(parts)}.")
     return parts
@@ -86,7 +87,9 @@ def l0_rect(value: Any, what: str) -> list[int]:
     for name, part in zip("xywh", parts, strict=True):
         number = _finite(part, f"{what}.{name}")
         if number != round(number):
-            raise InvalidRecordError(f"{what}.{name} must be a whole number of pixels, not {part!r}.")
+            raise InvalidRecordError(
+                f"{what}.{name} must be a whole number of pixels, not {echo(part)}."
+            )
         out.append(int(round(number)))
     x, y, w, h = out
     if x < 0 or y < 0:
@@ -112,7 +115,7 @@ def regions(items: Sequence[Any] | None) -> list[dict[str, Any]]:
         what = f"Region {i + 1}"
         rank = _get(item, "rank", i + 1)
         if not _is_int(rank):
-            raise InvalidRecordError(f"{what}: rank must be an integer, not {rank!r}.")
+            raise InvalidRecordError(f"{what}: rank must be an integer, not {echo(rank)}.")
         score = _get(item, "score")
         out.append(
             {
@@ -130,7 +133,7 @@ def boxes(items: Sequence[Any] | None) -> list[dict[str, Any]]:
         what = f"Box {i + 1}"
         label = _get(item, "label", "") or ""
         if not isinstance(label, str):
-            raise InvalidRecordError(f"{what}: label must be text, not {label!r}.")
+            raise InvalidRecordError(f"{what}: label must be text, not {echo(label)}.")
         rel = _get(item, "rel")
         out.append(
             {
@@ -154,7 +157,7 @@ def _png_from_bitmap(bitmap: Any, what: str) -> bytes:
 def _bitmap_from_rle(runs: Any, shape: Any, what: str) -> np.ndarray:
     """Row-major run lengths starting with a run of False (the engine's `rle`)."""
     if not isinstance(shape, Sequence) or len(shape) != 2 or not all(_is_int(v) and v > 0 for v in shape):
-        raise InvalidRecordError(f"{what}: shape must be [height, width], not {shape!r}.")
+        raise InvalidRecordError(f"{what}: shape must be [height, width], not {echo(shape)}.")
     height, width = int(shape[0]), int(shape[1])
     if max(height, width) > MAX_MASK_SIDE:
         raise InvalidRecordError(f"{what}: the bitmap is {width}×{height}, over {MAX_MASK_SIDE} px a side.")
@@ -208,7 +211,7 @@ def mask(item: Any, index: int) -> MaskRecord:
         raise InvalidRecordError(f"{what}: the PNG cannot be decoded.", detail=str(exc)) from exc
     label = _get(item, "label")
     if label is not None and not isinstance(label, str):
-        raise InvalidRecordError(f"{what}: label must be text, not {label!r}.")
+        raise InvalidRecordError(f"{what}: label must be text, not {echo(label)}.")
     return MaskRecord(l0_rect=rect, png=png, width=width, height=height, label=label)
 
 
@@ -221,19 +224,23 @@ def number_map(value: Mapping[str, Any] | None, what: str, *, integers: bool) ->
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidRecordError(f"{what} must be a mapping of names to numbers, not {value!r}.")
+        raise InvalidRecordError(
+            f"{what} must be a mapping of names to numbers, not {echo(value)}."
+        )
     out: dict[str, Any] = {}
     for key, number in value.items():
         if not isinstance(key, str):
-            raise InvalidRecordError(f"{what}: key {key!r} must be text.")
+            raise InvalidRecordError(f"{what}: key {echo(key)} must be text.")
         if number is None:
             continue
         if integers:
             if not _is_int(number):
-                raise InvalidRecordError(f"{what}[{key!r}] must be an integer, not {number!r}.")
+                raise InvalidRecordError(
+                    f"{what}[{echo(key)}] must be an integer, not {echo(number)}."
+                )
             out[key] = int(number)
         else:
-            out[key] = _finite(number, f"{what}[{key!r}]")
+            out[key] = _finite(number, f"{what}[{echo(key)}]")
     return out
 
 
@@ -249,7 +256,7 @@ def json_safe(value: Any, what: str) -> Any:
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidRecordError(f"{what}: key {key!r} must be text.")
+                raise InvalidRecordError(f"{what}: key {echo(key)} must be text.")
             out[key] = json_safe(item, f"{what}.{key}")
         return out
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):

@@ -19,7 +19,7 @@ from omnipath.errors import (
     SlideError,
     UploadTooLargeError,
 )
-from web import handlers, upload
+from web import exports, handlers, upload
 from web.chat_services import build_chat_services, replace_settings
 from web.config import WebConfig
 
@@ -213,6 +213,41 @@ def test_parse_region_clips_and_refuses() -> None:
         handlers.parse_region({"x": "a", "y": 0, "w": 10, "h": 10}, 1000, 500)
 
 
+@pytest.mark.parametrize(
+    "region",
+    [
+        '{"x": Infinity, "y": 0, "w": 10, "h": 10}',
+        '{"x": 1e400, "y": 0, "w": 10, "h": 10}',
+        '{"x": NaN, "y": 0, "w": 10, "h": 10}',
+        '{"x": 10' + "0" * 400 + ', "y": 0, "w": 10, "h": 10}',
+        '{"x": ' + "[" * 5000 + "]" * 5000 + ', "y": 0, "w": 10, "h": 10}',
+        "[" * 100_000 + "]" * 100_000,  # json.loads alone would raise RecursionError
+        {"x": [[[[[1]]]]], "y": 0, "w": 10, "h": 10},
+        {"x": float("inf"), "y": 0, "w": 10, "h": 10},
+        {"x": 10**400, "y": 0, "w": 10, "h": 10},
+    ],
+)
+def test_parse_region_refuses_non_finite_huge_and_deep_values_in_a_sentence(region) -> None:
+    with pytest.raises(OptionsError, match=r"rectangle \{x, y, w, h\}"):
+        handlers.parse_region(region, 1000, 500)
+
+
+def test_questions_are_shown_as_text_not_html_or_images() -> None:
+    import gradio as gr
+
+    question = 'Is <img src=x onerror="alert(1)"> here? ![x](http://127.0.0.1:9/x.png) & <b>'
+    turns = [
+        {"role": "user", "text": question, "meta": {}},
+        {"role": "user", "text": question, "meta": {"l0_region": [1, 2, 3, 4]}},
+    ]
+    for message in handlers.chat_messages(turns):
+        assert "&lt;img src=x" in message["content"] and "<img" not in message["content"]
+        assert "<b>" not in message["content"] and "&amp;" in message["content"]
+        assert "![" not in message["content"]  # Markdown images are defused too
+    shown = gr.Chatbot().postprocess(handlers.chat_messages(turns)).model_dump_json()
+    assert "<img" not in shown and "![" not in shown
+
+
 def test_stop_keeps_the_text_so_far_and_logs_it_as_stopped(services, uploaded) -> None:
     conversation_id = uploaded["conversation_id"]
     stop = threading.Event()
@@ -348,12 +383,12 @@ def test_exports_json_geojson_and_html(services, uploaded, tmp_path) -> None:
         _finish(handlers.ask(services, conversation_id, question, OPTIONS))
     folder = tmp_path / "exports"
     logged = json.loads(
-        handlers.export_conversation(services, conversation_id, "json", folder).read_text()
+        exports.export_conversation(services, conversation_id, "json", folder).read_text()
     )
     assert len(logged["turns"]) == 4 and logged["conversation"]["id"] == conversation_id
 
     geo = json.loads(
-        handlers.export_conversation(services, conversation_id, "geojson", folder).read_text()
+        exports.export_conversation(services, conversation_id, "geojson", folder).read_text()
     )
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 6  # 3 regions × 2
     width, height = uploaded["meta"]["l0_width"], uploaded["meta"]["l0_height"]
@@ -361,16 +396,50 @@ def test_exports_json_geojson_and_html(services, uploaded, tmp_path) -> None:
         for x, y in feature["geometry"]["coordinates"][0]:
             assert 0 <= x <= width and 0 <= y <= height
 
-    page = handlers.export_conversation(services, conversation_id, "html", folder).read_text()
+    page = exports.export_conversation(services, conversation_id, "html", folder).read_text()
     assert page.count("data:image/jpeg;base64,") == 2  # one snapshot per answer
     assert "Which grade?" in page and "Demonstration model" not in page  # banner wording
     assert "demonstration model" in page
     assert "<script" not in page and "http://" not in page and "https://" not in page
 
     with pytest.raises(OptionsError, match="Export as one of"):
-        handlers.export_conversation(services, conversation_id, "pdf", folder)
+        exports.export_conversation(services, conversation_id, "pdf", folder)
     with pytest.raises(NotFoundError):
-        handlers.export_conversation(services, "1" * 32, "json", folder)
+        exports.export_conversation(services, "1" * 32, "json", folder)
+
+
+def test_errors_quote_only_the_start_of_a_huge_id_or_format(services, uploaded, tmp_path) -> None:
+    huge = "9" * 100_000
+    for call in (
+        lambda: exports.export_conversation(services, huge, "json", tmp_path),
+        lambda: exports.export_conversation(services, uploaded["conversation_id"], huge, tmp_path),
+        lambda: handlers.ask(services, huge, "Where?", OPTIONS),
+        lambda: handlers.undo(services, huge),
+    ):
+        with pytest.raises((NotFoundError, OptionsError)) as info:
+            call()
+        assert "9999999" in info.value.message and len(info.value.message) < 200
+
+
+def test_exports_are_private_and_old_ones_are_swept(services, uploaded, tmp_path) -> None:
+    import os
+    import stat
+    import time
+
+    conversation_id = uploaded["conversation_id"]
+    downloads = exports.DownloadFolder()
+    first = downloads.export(services, conversation_id, "json")
+    assert first.parent == downloads.path
+    assert stat.S_IMODE(downloads.path.stat().st_mode) == 0o700
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600
+    old = time.time() - exports.DOWNLOAD_KEEP_S - 60
+    os.utime(first, (old, old))  # written 11 minutes ago
+    second = downloads.export(services, conversation_id, "geojson")
+    assert not first.exists() and second.exists()
+    assert sorted(p.name for p in downloads.path.iterdir()) == [second.name]  # nothing partial
+    assert stat.S_IMODE(second.stat().st_mode) == 0o600
+    os.remove(second)
+    os.rmdir(downloads.path)
 
 
 def test_a_slide_opened_at_start_gets_recorded_when_its_first_conversation_starts(

@@ -45,6 +45,21 @@ def _get(url: str) -> tuple[int, bytes, str]:
         return response.status, response.read(), response.headers.get("content-type", "")
 
 
+def _call(url: str, api_name: str, data: list) -> dict:
+    """POST `data` to the named endpoint the way any HTTP client can (json.dumps writes NaN and
+    Infinity as JavaScript does) and return the last message of its event stream."""
+    request = urllib.request.Request(
+        f"{url}gradio_api/call/{api_name}",
+        data=json.dumps({"data": data}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.loads(response.read())["event_id"]
+    _, body, _ = _get(f"{url}gradio_api/call/{api_name}/{event_id}")
+    lines = body.decode().strip().splitlines()
+    return {"event": lines[-2].removeprefix("event: "), "data": json.loads(lines[-1][6:])}
+
+
 def _ask(client, conversation_id: str, question: str, region: str = "") -> tuple[list, dict]:
     job = client.submit(conversation_id, question, "attention", 3, 6, 0.0, region, api_name="/ask")
     final = job.result(timeout=120)
@@ -130,3 +145,37 @@ def test_bad_inputs_get_sentences_and_the_next_request_works(
     _, final = _ask(client, conversation_id, "Where is the lesion?")
     assert final["done"]
     assert len(services.store.load_conversation(conversation_id)["turns"]) == 2
+
+
+def test_raw_calls_with_too_few_or_absurd_values_get_sentences(server, client, slide) -> None:
+    from gradio_client import handle_file
+
+    url, services = server
+    conversation_id = client.predict(handle_file(str(slide.path)), api_name="/upload")[
+        "conversation_id"
+    ]
+    short = {
+        "ask": ([conversation_id], "/ask takes 7 values (conversation_id, question, "),
+        "export": ([], "/export takes 2 values"),
+        "upload": ([], "/upload takes 1 value (path); the call sent 0."),
+    }
+    for api_name, (data, sentence) in short.items():
+        reply = _call(url, api_name, data)
+        assert reply["event"] == "error" and reply["data"]["error"].startswith(sentence)
+        assert "object at 0x" not in reply["data"]["error"]
+
+    ask = [conversation_id, "Where?", "attention", 3, 6, 0.0, ""]
+    for position, value, phrase in [
+        (3, None, "S (the number of detail patches) must be a whole number, not None"),
+        (3, float("nan"), "S (the number of detail patches) must be a whole number, not nan"),
+        (4, float("inf"), "max_new_tokens must be a whole number, not inf"),
+        (4, "many", "max_new_tokens must be a whole number, not 'many'"),
+        (5, "hot", "temperature must be a finite number, not 'hot'"),
+        (6, '{"x": Infinity, "y": 0, "w": 9, "h": 9}', "The region must be a rectangle"),
+        (0, "c" * 100_000, "No conversation with id 'cccc"),
+    ]:
+        reply = _call(url, "ask", ask[:position] + [value] + ask[position + 1 :])
+        assert reply["event"] == "error", (value, reply)
+        assert reply["data"]["error"].startswith(phrase) and len(reply["data"]["error"]) < 200
+    assert services.store.load_conversation(conversation_id)["turns"] == []
+    assert _call(url, "ask", ask)["event"] == "complete"  # and the server still answers

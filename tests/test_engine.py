@@ -50,6 +50,33 @@ def test_default_and_off_options_are_valid() -> None:
     AnswerOptions(pgdfc_mode="off", s=0).validate()
 
 
+@pytest.mark.parametrize(
+    ("sent", "phrase"),
+    [
+        ({"s": None}, "S .* must be a whole number, not None"),
+        ({"s": float("nan")}, "S .* must be a whole number, not nan"),
+        ({"s": float("inf")}, "S .* must be a whole number, not inf"),
+        ({"s": 2.5}, "S .* must be a whole number, not 2.5"),
+        ({"max_new_tokens": float("inf")}, "max_new_tokens must be a whole number, not inf"),
+        ({"max_new_tokens": float("nan")}, "max_new_tokens must be a whole number"),
+        ({"max_new_tokens": "many"}, "max_new_tokens must be a whole number, not 'many'"),
+        ({"temperature": "hot"}, "temperature must be a finite number, not 'hot'"),
+        ({"temperature": float("nan")}, "temperature must be a finite number"),
+        ({"pgdfc_mode": "z" * 100_000}, "PGDFC mode 'zzz"),
+    ],
+)
+def test_options_as_sent_by_a_form_or_an_api_call_get_sentences(sent: dict, phrase: str) -> None:
+    with pytest.raises(OptionsError, match=phrase) as info:
+        AnswerOptions.from_form(**sent)
+    assert len(info.value.message) < 200  # echoes are cut
+
+
+def test_options_from_a_form_take_whole_floats_as_whole_numbers() -> None:
+    options = AnswerOptions.from_form(s=8.0, max_new_tokens=256.0, temperature=0.5)
+    assert (options.s, options.max_new_tokens, options.temperature) == (8, 256, 0.5)
+    assert isinstance(options.s, int) and isinstance(options.max_new_tokens, int)
+
+
 def test_greedy_and_seeded_top_p_sampling() -> None:
     logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
     assert next_token(logits, temperature=0.0, top_p=1.0, generator=None) == 1

@@ -411,3 +411,40 @@ def test_an_unreachable_database_is_a_typed_error() -> None:
     with pytest.raises(DatabaseError, match="cannot be opened") as info:
         Store(f"postgresql://nobody:secret@127.0.0.1:{port}/none")
     assert "secret" not in info.value.message
+
+
+def test_a_busy_sqlite_log_says_so_without_naming_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    import storage.db
+
+    monkeypatch.setattr(storage.db, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "private-folder" / "omnipath.db"
+    with Store(path) as store:
+        store.record_slide(SLIDE_ID, **SLIDE)
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+            with pytest.raises(DatabaseError) as info:
+                store.start_conversation(SLIDE_ID, "tiny")
+        finally:
+            holder.close()
+        assert info.value.message == "The session log is busy; try again."
+        assert "private-folder" not in str(info.value)
+        assert str(path) in caplog.text  # the server log still says which database
+        assert store.start_conversation(SLIDE_ID, "tiny")  # free again: it works
+
+
+def test_errors_quote_at_most_a_line_of_what_was_sent(store: Store, conversation: str) -> None:
+    huge = "7" * 100_000
+    for call in (
+        lambda: store.load_conversation(huge),
+        lambda: store.get_turn(huge),
+        lambda: store.add_feedback(huge, True),
+        lambda: store.log_turn(conversation, huge, "question?"),
+    ):
+        with pytest.raises((NotFoundError, InvalidRecordError)) as info:
+            call()
+        assert "7777777" in info.value.message and len(info.value.message) < 200

@@ -18,7 +18,6 @@ with a mask encoder (OmniPath) and a sentence naming the region for the others (
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,9 @@ import gradio as gr
 from omnipath.errors import OmniPathError
 from web import handlers
 from web import upload as uploads
+from web.blocks import OmniPathBlocks
 from web.chat_services import ChatServices
+from web.exports import DownloadFolder
 from web.viewer_component import build_viewer, viewer_state
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,16 @@ def _sentence(exc: BaseException) -> str:
     return UNEXPECTED
 
 
-def _options(mode: str, s: float, max_new_tokens: float, temperature: float) -> Any:
+def _options(mode: Any, s: Any, max_new_tokens: Any, temperature: Any) -> Any:
+    """AnswerOptions from the settings as the page or an API call sent them (S is ignored
+    when PGDFC is off); OptionsError with a sentence for None, text, NaN or infinity."""
     from omnipath.engine import AnswerOptions
 
-    s_value = 0 if mode == "off" else int(s)
-    return AnswerOptions(
-        pgdfc_mode=str(mode),
-        s=s_value,
-        max_new_tokens=int(max_new_tokens),
-        temperature=float(temperature),
+    return AnswerOptions.from_form(
+        pgdfc_mode=mode,
+        s=0 if mode == "off" else s,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
     )
 
 
@@ -124,10 +126,10 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
     """The product UI around `chat` (web.app.build_demo builds the services from the config
     and calls this; tests inject a tiny engine and a temporary log)."""
     initial_id = chat.web.initial_slide_id
-    download_dir = Path(tempfile.gettempdir()) / "omnipath-downloads"
+    downloads = DownloadFolder()
 
     initial_meta = chat.web.tiles.meta(initial_id).to_dict() if initial_id else None
-    with gr.Blocks(title="OmniPath") as demo:
+    with OmniPathBlocks(title="OmniPath") as demo:
         session = gr.State(_session(initial_id, initial_meta))
         gr.Markdown("## OmniPath — ask about a whole-slide image")
         gr.Markdown(banner_markdown(chat.model_banner()), elem_id="omnipath-model-banner")
@@ -197,8 +199,9 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             api_conversation = gr.Textbox()
             api_question = gr.Textbox()
             api_mode = gr.Textbox(value="attention")
-            api_s = gr.Number(value=8, precision=0)
-            api_max_tokens = gr.Number(value=256, precision=0)
+            # no precision: Gradio would round (and fail on NaN) before _options can say why
+            api_s = gr.Number(value=8)
+            api_max_tokens = gr.Number(value=256)
             api_temperature = gr.Number(value=0.0)
             api_region = gr.Textbox(value="")
             api_ask_out = gr.JSON()
@@ -282,7 +285,8 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
             conversation_id = state["conversation_id"]
-            pending = [*(messages or []), {"role": "user", "content": question_text.strip()}]
+            shown_question = handlers.as_text(question_text.strip())
+            pending = [*(messages or []), {"role": "user", "content": shown_question}]
 
             def factory() -> Iterator[handlers.AskUpdate]:
                 return handlers.ask(
@@ -359,9 +363,9 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             return state, [], layers, ""
 
         def write_export(conversation_id: str, fmt: str) -> str:
-            """The export written into download_dir (a path Gradio serves); errors as a sentence."""
+            """The export written into the private download folder; errors as a sentence."""
             try:
-                return str(handlers.export_conversation(chat, conversation_id, fmt, download_dir))
+                return str(downloads.export(chat, conversation_id, fmt))
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
 
@@ -429,18 +433,12 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             result = upload_slide(path, progress)
             return {k: result[k] for k in ("slide_id", "conversation_id", "meta")}
 
-        def api_ask(
-            conversation_id, question_text, mode_value, s_value, tokens, temp, region_value
-        ):
+        def api_ask(conversation_id, question, pgdfc_mode, s, max_new_tokens, temperature, region):
             """Ask in a conversation; streams {text, done, turn_id, answer, layers}."""
             try:
-                options = _options(mode_value or "attention", s_value, tokens, temp)
+                options = _options(pgdfc_mode or "attention", s, max_new_tokens, temperature)
                 stream = handlers.ask(
-                    chat,
-                    conversation_id or "",
-                    question_text or "",
-                    options,
-                    region=region_value or None,
+                    chat, conversation_id or "", question or "", options, region=region or None
                 )
                 for update in stream:
                     yield update.to_dict()

@@ -8,11 +8,10 @@ slide pixels (`l0_`). A conversation belongs to one slide; a new slide starts a 
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,8 @@ from web.viewer_component import mask_item, viewer_state
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("json", "geojson", "html")
+# A drawn region is about 60 characters of JSON; far longer text is not one (nor parsed).
+MAX_REGION_CHARS = 1000
 
 
 # --- conversations ----------------------------------------------------------------------------
@@ -79,9 +79,17 @@ def turn_layers(turn: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return {"regions": regions, "boxes": boxes, "masks": masks}
 
 
+def as_text(text: str) -> str:
+    """A person's text for gr.Chatbot (which renders Markdown and lets harmless HTML through)
+    shown as typed: HTML escaped, so no tag reaches the page, and Markdown images defused, so
+    showing the message fetches nothing (an <img src=…> would be fetched by whoever opens it)."""
+    return html.escape(text, quote=False).replace("![", "!\\[")
+
+
 def _message_text(turn: dict[str, Any]) -> str:
     text = turn["text"]
     if turn["role"] != "assistant":
+        text = as_text(text)
         region = (turn.get("meta") or {}).get("l0_region")
         if region:
             x, y, w, h = region
@@ -226,15 +234,19 @@ def parse_region(value: Any, l0_width: int, l0_height: int) -> L0Rect | None:
     in level-0 pixels, clipped to the slide. OptionsError when it is not one."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    not_a_rectangle = OptionsError(
+        "The region must be a rectangle {x, y, w, h} in slide pixels; draw it again."
+    )
+    if isinstance(value, str) and len(value) > MAX_REGION_CHARS:
+        raise not_a_rectangle
     try:
         data = json.loads(value) if isinstance(value, str) else value
         if not data:
             return None
+        # round() refuses NaN (ValueError) and infinity (OverflowError): Infinity, 1e400
         x, y, w, h = (round(float(data[k])) for k in ("x", "y", "w", "h"))
-    except (ValueError, TypeError, KeyError, json.JSONDecodeError):
-        raise OptionsError(
-            "The region must be a rectangle {x, y, w, h} in slide pixels; draw it again."
-        ) from None
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
+        raise not_a_rectangle from None
     x0, y0 = max(0, min(x, x + w)), max(0, min(y, y + h))
     x1, y1 = min(l0_width, max(x, x + w)), min(l0_height, max(y, y + h))
     if x1 - x0 < 1 or y1 - y0 < 1:
@@ -454,63 +466,3 @@ def feedback(
     if turn["role"] != "assistant":
         raise OptionsError("Only answers can be liked or disliked.")
     return services.store.add_feedback(turn["id"], liked)
-
-
-# --- export -----------------------------------------------------------------------------------
-
-
-def export_conversation(
-    services: ChatServices,
-    conversation_id: str,
-    fmt: str,
-    folder: str | os.PathLike[str] | None = None,
-) -> Path:
-    """Write one export of the conversation and return its path: "json" (everything logged),
-    "geojson" (regions, boxes, masks in level-0 pixels, for QuPath) or "html" (the
-    self-contained report with a snapshot of each answer's overlays)."""
-    from storage import conversation_geojson, conversation_json
-
-    if fmt not in EXPORT_FORMATS:
-        raise OptionsError(f"Export as one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}.")
-    conversation = _load(services, conversation_id)
-    conversation_id = conversation["id"]
-    folder = Path(folder) if folder is not None else services.settings.exports_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    if fmt == "json":
-        content = json.dumps(conversation_json(services.store, conversation_id), ensure_ascii=False)
-    elif fmt == "geojson":
-        content = json.dumps(conversation_geojson(services.store, conversation_id))
-    else:
-        from web.report import conversation_report
-
-        content = conversation_report(
-            conversation,
-            _report_thumbnail(services, conversation["slide"]),
-            model=services.model_banner(),
-        )
-    path = folder / f"omnipath-{conversation_id}.{fmt}"
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(content, encoding="utf-8")
-    partial.replace(path)
-    return path
-
-
-def _report_thumbnail(services: ChatServices, slide: dict[str, Any]) -> Image.Image | None:
-    """The slide's thumbnail for the report, or None when the file is gone or unreadable."""
-    from web.report import REPORT_THUMBNAIL_SIDE
-
-    try:
-        _ensure_registered(services, slide)
-        with services.registry.lease(slide["id"]) as opened:
-            return opened.slide.thumbnail(REPORT_THUMBNAIL_SIDE)
-    except OmniPathError:
-        log.warning("no thumbnail for the report of slide %s", slide["id"][:12], exc_info=True)
-        return None
-
-
-def copy_for_download(path: Path, folder: Path) -> Path:
-    """A copy of an export in `folder` (Gradio serves files only from allowed folders)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name
-    shutil.copyfile(path, target)
-    return target

@@ -15,7 +15,7 @@ from typing import Any
 from openslide import OpenSlideError
 from PIL import Image, ImageCms
 
-from omnipath.errors import DamagedSlideError, NotFoundError, SlideError
+from omnipath.errors import DamagedSlideError, NotFoundError, SlideError, echo
 from web.slide_registry import OpenedSlide, SlideRegistry, is_well_formed_id
 from web.tile_cache import TileCache
 
@@ -104,7 +104,7 @@ class TileService:
         """The Deep Zoom Image XML descriptor of the slide."""
         self._check_id(slide_id)
         if fmt not in TILE_FORMATS:
-            raise NotFoundError(f"Tiles come as jpeg or png, not {fmt!r}.")
+            raise NotFoundError(f"Tiles come as jpeg or png, not {echo(fmt)}.")
         with self._dzi_lock:
             cached = self._dzi.get((slide_id, fmt))
         if cached is not None:
@@ -142,7 +142,7 @@ class TileService:
         """The encoded tile (JPEG or PNG, sRGB), from the cache or rendered. Blocking."""
         self._check_id(slide_id)
         if fmt not in TILE_FORMATS:
-            raise NotFoundError(f"Tiles come as jpeg or png, not {fmt!r}.")
+            raise NotFoundError(f"Tiles come as jpeg or png, not {echo(fmt)}.")
         key = (slide_id, self.tile_size, self.overlap, dz_level, dz_col, dz_row, fmt)
         data = self.cache.get(key)
         if data is not None:

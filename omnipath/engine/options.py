@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-from omnipath.errors import OptionsError
+from omnipath.errors import OptionsError, echo
 from omnipath.pgdfc import PGDFC_MODES, validate_mode, validate_s
 
 # Upper limits a person could still mean; beyond them the request is a mistake, not a wish.
@@ -31,6 +32,17 @@ class AnswerOptions:
     top_p: float = 1.0
     seed: int = 0
     timeout_s: float = 120.0
+
+    @classmethod
+    def from_form(cls, **values: Any) -> AnswerOptions:
+        """Validated options from what a form or an API call sent, as sent (a slider's 8.0 is
+        the whole number 8; None, text, NaN or infinity get an OptionsError sentence). The UI
+        and the named API both come through here."""
+        whole = {f.name for f in fields(cls) if type(f.default) is int}
+        for name, value in values.items():
+            if name in whole and isinstance(value, float) and value.is_integer():
+                values[name] = int(value)
+        return cls(**values).validate()
 
     def validate(self, *, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT) -> AnswerOptions:
         """Raise OptionsError with a sentence for a person; return self when all is well."""
@@ -74,9 +86,9 @@ class AnswerOptions:
 
 def _whole(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionsError(f"{name} must be a whole number, not {value!r}.")
+        raise OptionsError(f"{name} must be a whole number, not {echo(value)}.")
 
 
 def _number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise OptionsError(f"{name} must be a finite number, not {value!r}.")
+        raise OptionsError(f"{name} must be a finite number, not {echo(value)}.")
