@@ -189,8 +189,11 @@ def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_p
     )
     wait_for(driver, SLIDE_LOADED)
 
-    # Ask about the slide opened at start: no upload needed.
-    _ask_in_page(driver, services, "Where is the lesion?", 2)
+    # Ask about the slide opened at start: no upload needed. HTML in a question is shown as text.
+    _ask_in_page(driver, services, 'Where is the lesion? <img src="/probe.png">', 2)
+    chat_text = driver.find_element("css selector", "#omnipath-chat").text
+    assert '<img src="/probe.png">' in chat_text
+    assert not driver.find_elements("css selector", "#omnipath-chat img[src*=probe]")
     _ask_in_page(driver, services, "And the grade?", 4)
     wait_for(
         driver,
