@@ -77,3 +77,23 @@ def test_banner_says_quantization_and_missing_masks() -> None:
     )
     assert "4bit (float16 compute)" in text and "cuda:0" in text and "0123456789" in text
     assert "masks unavailable" in text and "Demonstration" not in text
+
+
+def test_too_few_values_get_a_sentence_with_both_counts_and_the_cache_is_cleaned(demo) -> None:
+    import gradio as gr
+
+    from web.blocks import GRADIO_CACHE_CLEANUP
+
+    functions = list(demo.fns.values())
+    ask = next(f for f in functions if f.api_name == "ask")
+    with pytest.raises(gr.Error) as info:
+        demo.validate_inputs(ask, ["0" * 32])
+    assert info.value.message == (
+        "/ask takes 7 values (conversation_id, question, pgdfc_mode, s, max_new_tokens, "
+        "temperature, region); the call sent 1."
+    )
+    page_event = next(f for f in functions if f.api_visibility == "private" and f.inputs)
+    with pytest.raises(gr.Error, match="values but got 0; reload the page"):
+        demo.validate_inputs(page_event, [])
+    demo.validate_inputs(ask, ["0" * 32] * 7)  # enough: no error
+    assert demo.delete_cache == GRADIO_CACHE_CLEANUP

@@ -97,7 +97,7 @@ def test_report_is_self_contained_and_escapes_text() -> None:
         "turns": [
             _turn(0, "user", "Where?"),
             _answer(),
-            _turn(2, "user", "And?"),
+            _turn(2, "user", 'And <img src="/probe.png" onerror="alert(1)">?'),
             _turn(3, "assistant", "", error="The model failed."),
         ],
         "created_at": datetime.now(UTC),
@@ -108,6 +108,7 @@ def test_report_is_self_contained_and_escapes_text() -> None:
         model={"model_id": "tiny", "precision": "float32", "device": "cpu", "demo": True},
     )
     assert "A lesion &lt;b&gt;here&lt;/b&gt;." in page
+    assert "And &lt;img src=" in page and '<img src="/probe' not in page  # questions too
     assert "The model failed." in page and "demonstration model" in page
     uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
     assert len(uris) == 2  # one per answer, the failed one included
