@@ -29,6 +29,7 @@ from omnipath.errors import OmniPathError
 from web import handlers
 from web import upload as uploads
 from web.chat_services import ChatServices
+from web.upload_guard import CACHE_CLEANUP_S
 from web.viewer_component import build_viewer, viewer_state
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
     download_dir = Path(tempfile.gettempdir()) / "omnipath-downloads"
 
     initial_meta = chat.web.tiles.meta(initial_id).to_dict() if initial_id else None
-    with gr.Blocks(title="OmniPath") as demo:
+    with gr.Blocks(title="OmniPath", delete_cache=CACHE_CLEANUP_S) as demo:
         session = gr.State(_session(initial_id, initial_meta))
         gr.Markdown("## OmniPath — ask about a whole-slide image")
         gr.Markdown(banner_markdown(chat.model_banner()), elem_id="omnipath-model-banner")
@@ -221,6 +222,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
         def upload_slide(path: str, progress: gr.Progress) -> dict[str, Any]:
             """web.upload.upload_slide with Gradio's progress bar; errors as a sentence."""
             try:
+                chat.received.check(path)  # before the path is looked at (web/upload_guard.py)
                 return uploads.upload_slide(
                     chat,
                     path,
