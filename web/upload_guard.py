@@ -12,8 +12,8 @@ read. The rule is kept in three places, each enough on its own:
 - Gradio's own check, switched on by `enable_gradio_upload_check`;
 - `ReceivedUploads.check`, called by the upload handlers before they touch the path.
 
-The refusal is the same sentence whether or not the named path exists, and the checks are on
-the path's text only (the disk is never asked about a path nobody uploaded).
+The refusal is the same sentence whether or not the named path exists, and the checks here are
+on the path's text only (the disk is never asked about a path nobody uploaded).
 """
 
 from __future__ import annotations
