@@ -115,3 +115,7 @@ class NotFoundError(OmniPathError):
 
 class UploadTooLargeError(OmniPathError):
     """An upload larger than the configured limit."""
+
+
+class NotUploadedError(OmniPathError):
+    """A request named a file that was not uploaded to this server (a server path, a URL)."""

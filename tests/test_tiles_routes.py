@@ -130,6 +130,40 @@ def test_bad_ids_levels_addresses_and_path_like_ids_get_404(slides: list[Path], 
     assert "Traceback" not in response.text
 
 
+@pytest.mark.parametrize(
+    "level, name",
+    [
+        ("010", "1_1.jpeg"),  # leading zeros
+        ("0010", "1_1.jpeg"),
+        ("10", "01_1.jpeg"),
+        ("10", "1_001.jpeg"),
+        ("+10", "1_1.jpeg"),
+        ("\u0661\u0660", "1_1.jpeg"),  # Arabic-Indic "10"
+        ("\uff11\uff10", "1_1.jpeg"),  # fullwidth "10"
+        ("10", "\u0661_1.jpeg"),
+        ("10", "1_\uff11.jpeg"),
+        ("\U0001d7cf\U0001d7ce", "1_1.jpeg"),  # mathematical bold "10"
+    ],
+)
+def test_a_tile_has_one_address_other_spellings_get_the_plain_404(
+    slides: list[Path], level: str, name: str
+) -> None:
+    """Only canonical ASCII numbers name a tile, in the route and in the cache fast path alike:
+    asked before and after the canonical tile is cached, another spelling is a 404."""
+    service = _service()
+    slide_id = service.registry.register(slides[0])
+    client = _client(service)
+    plain_404 = client.get(f"/slides/{slide_id}_files/10/x_1.jpeg")
+    other = f"/slides/{slide_id}_files/{level}/{name}"
+    cold = client.get(other)
+    assert client.get(f"/slides/{slide_id}_files/10/1_1.jpeg").status_code == 200
+    assert service.cached_tile(slide_id, 10, 1, 1, "jpeg") is not None
+    warm = client.get(other)
+    for response in (cold, warm):
+        assert response.status_code == 404
+        assert response.json() == plain_404.json()
+
+
 @pytest.mark.parametrize("bad_id", ["../slide0", "%2e%2e", "/etc/passwd", "", "0" * 64])
 def test_the_service_refuses_path_like_and_unknown_ids(slides: list[Path], bad_id: str) -> None:
     service = _service()

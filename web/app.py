@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import gradio as gr
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from gradio.route_utils import API_PREFIX
+from starlette.requests import Request
 
 from web.chat_app import build_chat_demo
 from web.chat_services import ChatServices, build_chat_services
 from web.config import WebConfig
 from web.services import WebServices, build_services, register_initial_slide
 from web.tile_routes import TileCacheFastPath, tile_router
+from web.upload_guard import UploadGuard, enable_gradio_upload_check
 from web.viewer_component import mount_viewer_assets
+
+# Gradio's pages that need no login and that the app does not need: the API schema and the
+# queue's monitoring; served only with --expose-api-docs.
+GRADIO_EXTRAS = (
+    "/openapi.json",
+    f"{API_PREFIX}/openapi.json",
+    "/monitoring",
+    "/monitoring/{rest:path}",
+)
 
 
 def app_services(
@@ -46,19 +59,40 @@ def add_viewer_routes(app: FastAPI, services: WebServices) -> None:
     mount_viewer_assets(app)
 
 
+def hide_gradio_extras(app: FastAPI) -> None:
+    """Answer GRADIO_EXTRAS with a 404 before Gradio sees them. Call before Gradio is mounted."""
+
+    async def not_found(request: Request) -> JSONResponse:
+        return JSONResponse({"error": "Not found."}, status_code=404)
+
+    for path in GRADIO_EXTRAS:
+        app.add_route(path, not_found, methods=["GET", "HEAD"], include_in_schema=False)
+
+
 def create_app(config: WebConfig, services: ChatServices | WebServices | None = None) -> FastAPI:
     """The whole server: tile routes and viewer assets first, then the UI mounted at "/"
-    (uploads above max_upload_bytes are refused by Gradio before they are stored)."""
+    (uploads above max_upload_bytes are refused by Gradio before they are stored). Events
+    take only files uploaded to this server (web/upload_guard.py)."""
     chat = app_services(config, services)
     app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
     add_viewer_routes(app, chat.web)
+    if not config.expose_api_docs:
+        hide_gradio_extras(app)
+    app.add_middleware(UploadGuard, received=chat.received)
     app.state.services = chat.web
     app.state.chat_services = chat
-    return gr.mount_gradio_app(
+    demo = build_chat_demo(chat)
+    app.state.demo = demo
+    mounted = gr.mount_gradio_app(
         app,
-        build_chat_demo(chat),
+        demo,
         path="/",
         server_name=config.host,
         server_port=config.port,
         max_file_size=config.max_upload_bytes,
+        # Gradio's run history keeps every call's inputs (the questions) in the browser and
+        # offers to copy them to a Hugging Face bucket: questions stay in our log only.
+        run_history=False,
     )
+    enable_gradio_upload_check(demo)
+    return mounted

@@ -224,6 +224,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
         def upload_slide(path: str, progress: gr.Progress) -> dict[str, Any]:
             """web.upload.upload_slide with Gradio's progress bar; errors as a sentence."""
             try:
+                chat.received.check(path)  # before the path is looked at (web/upload_guard.py)
                 return uploads.upload_slide(
                     chat,
                     path,

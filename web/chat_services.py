@@ -16,6 +16,7 @@ from typing import Any
 
 from web.config import WebConfig
 from web.services import WebServices, build_services
+from web.upload_guard import ReceivedUploads
 
 
 @dataclass
@@ -29,6 +30,9 @@ class ChatServices:
     # Stop flags of the answers being generated now, by conversation id.
     stops: dict[str, threading.Event] = field(default_factory=dict)
     stops_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The files Gradio's upload route stored (recorded by web.upload_guard.UploadGuard); the
+    # upload handlers take no other path.
+    received: ReceivedUploads = field(default_factory=ReceivedUploads)
 
     @property
     def registry(self) -> Any:

@@ -63,6 +63,8 @@ class WebConfig:
     log_file_names: bool = False
     # Answers generated at once; more wait in Gradio's queue.
     max_concurrent_answers: int = 8
+    # Serve Gradio's API schema (/openapi.json) and queue monitoring summary; both need no login.
+    expose_api_docs: bool = False
 
     @property
     def demo_model(self) -> bool:
@@ -102,11 +104,13 @@ _SETTINGS: dict[str, str | None] = {
     "max_upload_bytes": None,
     "log_file_names": "keep uploaded file names in the log (they can identify patients)",
     "max_concurrent_answers": None,
+    "expose_api_docs": "serve Gradio's /openapi.json and /monitoring pages (they need no login)",
 }
 # Flags that take no value: field name -> (flag, the value it sets).
 _SWITCHES = {
     "sample_slide": ("--no-sample-slide", "false"),
     "log_file_names": ("--log-file-names", "true"),
+    "expose_api_docs": ("--expose-api-docs", "true"),
 }
 
 

@@ -22,11 +22,25 @@ from web.tiles import TILE_FORMATS, TileService
 
 log = logging.getLogger(__name__)
 
-_TILE_NAME = re.compile(r"(\d{1,9})_(\d{1,9})\.(jpeg|png)")
-_TILE_PATH = re.compile(r"/slides/([0-9a-f]{64})_files/(\d{1,4})/(\d{1,9})_(\d{1,9})\.(jpeg|png)")
-_LEVEL = re.compile(r"\d{1,4}")
+# A tile's address has one spelling: ASCII digits without leading zeros ("0" alone is fine). So
+# "0009", "+9" or non-ASCII digits ("٩", "９") are not another name for tile 9, only a 404.
+_NUMBER = r"(0|[1-9][0-9]{0,%d})"
+_LEVEL = re.compile(_NUMBER % 3)
+_TILE_NAME = re.compile(rf"{_NUMBER % 8}_{_NUMBER % 8}\.(jpeg|png)")
+# The fast path splits the URL path; parse_tile_address checks the parts.
+_TILE_PATH = re.compile(r"/slides/([0-9a-f]{64})_files/([^/]+)/([^/]+)")
 # Ids are content hashes: a tile's bytes never change, so browsers may keep them.
 _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+def parse_tile_address(dz_level: str, tile_name: str) -> tuple[int, int, int, str] | None:
+    """(level, column, row, format) from the URL parts "12" and "3_4.jpeg", or None when they are
+    not the one canonical spelling of a tile address (the routes answer that with a 404)."""
+    level = _LEVEL.fullmatch(dz_level)
+    name = _TILE_NAME.fullmatch(tile_name)
+    if level is None or name is None:
+        return None
+    return int(dz_level), int(name[1]), int(name[2]), name[3]
 
 
 def _not_found(message: str = "There is no such slide or tile.") -> JSONResponse:
@@ -54,11 +68,10 @@ def tile_router(service: TileService) -> APIRouter:
 
     @router.get("/slides/{slide_id}_files/{dz_level}/{tile_name}")
     async def tile(slide_id: str, dz_level: str, tile_name: str) -> Response:
-        match = _TILE_NAME.fullmatch(tile_name)
-        if match is None or _LEVEL.fullmatch(dz_level) is None:
+        address = parse_tile_address(dz_level, tile_name)
+        if address is None:
             return _not_found()
-        dz_col, dz_row, fmt = int(match[1]), int(match[2]), match[3]
-        level = int(dz_level)
+        level, dz_col, dz_row, fmt = address
         data = service.cached_tile(slide_id, level, dz_col, dz_row, fmt)
         if data is None:
             try:
@@ -84,11 +97,10 @@ class TileCacheFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             match = _TILE_PATH.fullmatch(scope["path"])
-            if match is not None:
-                fmt = match[5]
-                data = self.service.cached_tile(
-                    match[1], int(match[2]), int(match[3]), int(match[4]), fmt
-                )
+            address = match and parse_tile_address(match[2], match[3])
+            if address:
+                fmt = address[3]
+                data = self.service.cached_tile(match[1], *address)
                 if data is not None:
                     headers = [
                         (b"content-type", TILE_FORMATS[fmt].encode()),
