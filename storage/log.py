@@ -651,29 +651,27 @@ class Store:
             return row.id
 
 
+# The keywords of Store.log_turn after role and text.
+_TURN_FIELDS = frozenset(
+    "pgdfc_mode s regions boxes masks timings tokens model_id revision error meta".split()
+)
+
+
 def _clean(text: str) -> str:
     # PostgreSQL text cannot hold NUL; a stray one from a model must not lose the turn.
     return text.replace("\x00", "")
 
 
 def _turn_row(
-    role: str,
-    text: str,
-    *,
-    pgdfc_mode: str | None = None,
-    s: int | None = None,
-    regions: Sequence[Any] | None = None,
-    boxes: Sequence[Any] | None = None,
-    masks: Sequence[Any] | None = None,
-    timings: Mapping[str, float] | None = None,
-    tokens: Mapping[str, int] | None = None,
-    model_id: str | None = None,
-    revision: str | None = None,
-    error: str | None = None,
-    meta: Mapping[str, Any] | None = None,
+    role: str, text: str, **fields: Any
 ) -> tuple[dict[str, Any], list[shapes.MaskRecord]]:
     """A turn's column values and mask records, checked (InvalidRecordError) before any
-    write; status "done"."""
+    write; status "done". `fields`: Store.log_turn's keywords (absent ones are None)."""
+    unknown = set(fields) - _TURN_FIELDS
+    if unknown:
+        raise TypeError(f"unknown turn fields: {sorted(unknown)}")
+    get = fields.get
+    pgdfc_mode, s, error = get("pgdfc_mode"), get("s"), get("error")
     if role not in ROLES:
         raise InvalidRecordError(f"A turn's role must be 'user' or 'assistant', not {role!r}.")
     if not isinstance(text, str):
@@ -689,17 +687,17 @@ def _turn_row(
         "text": _clean(text),
         "pgdfc_mode": pgdfc_mode,
         "s": None if s is None else int(s),
-        "regions": shapes.regions(regions),
-        "boxes": shapes.boxes(boxes),
-        "timings": shapes.number_map(timings, "timings", integers=False),
-        "tokens": shapes.number_map(tokens, "tokens", integers=True),
-        "meta": shapes.json_safe(dict(meta or {}), "meta"),
-        "model_id": _optional_text(model_id, "The model id", 256),
-        "revision": _optional_text(revision, "The model revision", 128),
+        "regions": shapes.regions(get("regions")),
+        "boxes": shapes.boxes(get("boxes")),
+        "timings": shapes.number_map(get("timings"), "timings", integers=False),
+        "tokens": shapes.number_map(get("tokens"), "tokens", integers=True),
+        "meta": shapes.json_safe(dict(get("meta") or {}), "meta"),
+        "model_id": _optional_text(get("model_id"), "The model id", 256),
+        "revision": _optional_text(get("revision"), "The model revision", 128),
         "error": None if error is None else _clean(_optional_text(error, "The error")),
         "status": "done",
     }
-    return row, shapes.masks(masks)
+    return row, shapes.masks(get("masks"))
 
 
 def _answer_fields(answer: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -231,8 +231,7 @@ def retry(
     region = (question.get("meta") or {}).get("l0_region")
     if region:
         region = dict(zip(("x", "y", "w", "h"), region, strict=True))
-    request = _request(services, conversation, question["text"], options, region)
-    request.retry_of = question["id"]
+    request = _request(services, conversation, question["text"], options, region, question["id"])
     return _run(services, request, turns[: asked[-1]], stop)
 
 
@@ -259,6 +258,7 @@ def _request(
     question: str,
     options: Any,
     region: Any,
+    retry_of: str | None = None,
 ) -> _Request:
     from omnipath.engine import AnswerOptions
 
@@ -270,6 +270,7 @@ def _request(
         question=question,
         options=AnswerOptions() if options is None else options,
         l0_region=parse_region(region, slide["width"], slide["height"]),
+        retry_of=retry_of,
     )
 
 
