@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -110,6 +110,7 @@ def _turn_dict(turn: Turn) -> dict[str, Any]:
         "model_id": turn.model_id,
         "revision": turn.revision,
         "error": turn.error,
+        "status": turn.status,
         "created_at": turn.created_at,
         "feedback": feedback,
         "liked": feedback[-1]["value"] if feedback else None,
@@ -406,52 +407,34 @@ class Store:
         whatever text was produced). Shapes: see storage.shapes (regions, boxes, masks
         in level-0 pixels). The turn and its masks are written in one transaction.
         """
-        if role not in ROLES:
-            raise InvalidRecordError(
-                f"A turn's role must be 'user' or 'assistant', not {echo(role)}."
-            )
-        if not isinstance(text, str):
-            raise InvalidRecordError(f"A turn's text must be text, not {type(text).__name__}.")
-        if pgdfc_mode is not None and pgdfc_mode not in PGDFC_MODES:
-            raise InvalidRecordError(
-                f"PGDFC mode must be one of {', '.join(PGDFC_MODES)}, not {echo(pgdfc_mode)}."
-            )
-        if s is not None and (not shapes._is_int(s) or s < 0):
-            raise InvalidRecordError(f"S (detail patches) must be an integer ≥ 0, not {echo(s)}.")
-        row = {
-            "role": role,
-            # PostgreSQL text cannot hold NUL; a stray one from a model must not lose the turn.
-            "text": text.replace("\x00", ""),
-            "pgdfc_mode": pgdfc_mode,
-            "s": None if s is None else int(s),
-            "regions": shapes.regions(regions),
-            "boxes": shapes.boxes(boxes),
-            "timings": shapes.number_map(timings, "timings", integers=False),
-            "tokens": shapes.number_map(tokens, "tokens", integers=True),
-            "meta": shapes.json_safe(dict(meta or {}), "meta"),
-            "model_id": _optional_text(model_id, "The model id", 256),
-            "revision": _optional_text(revision, "The model revision", 128),
-            "error": None if error is None else _optional_text(error, "The error").replace("\x00", ""),
-        }
-        mask_records = shapes.masks(masks)
+        row, mask_records = _turn_row(
+            role, text, pgdfc_mode=pgdfc_mode, s=s, regions=regions, boxes=boxes, masks=masks,
+            timings=timings, tokens=tokens, model_id=model_id, revision=revision, error=error,
+            meta=meta,
+        )  # fmt: skip
         with self._transaction(write=True) as session:
             conv = self._locked_conversation(session, conversation_id)
-            last = session.scalar(
-                select(func.max(Turn.index)).where(Turn.conversation_id == conversation_id)
-            )
-            turn = Turn(
-                id=_new_id(), conversation_id=conversation_id,
-                index=0 if last is None else last + 1, **row,
-            )
-            session.add(turn)
-            session.flush()
-            for i, record in enumerate(mask_records):
-                session.add(_mask_row(turn.id, i, record))
-                session.flush()
-            if not conv.title and role == "user" and text.strip():
-                conv.title = _title_from(text)
-            conv.updated_at = utcnow()
-            return turn.id
+            return self._append(session, conv, row, mask_records).id
+
+    def _append(
+        self,
+        session: Session,
+        conv: Conversation,
+        row: dict[str, Any],
+        mask_records: Sequence[shapes.MaskRecord] = (),
+    ) -> Turn:
+        """Adds a turn (a _turn_row) with its masks at the end of the locked conversation."""
+        last = session.scalar(select(func.max(Turn.index)).where(Turn.conversation_id == conv.id))
+        turn = Turn(
+            id=_new_id(), conversation_id=conv.id, index=0 if last is None else last + 1, **row
+        )
+        session.add(turn)
+        session.flush()
+        _add_masks(session, turn.id, mask_records)
+        if not conv.title and row["role"] == "user" and row["text"].strip():
+            conv.title = _title_from(row["text"])
+        conv.updated_at = utcnow()
+        return turn
 
     def log_answer(
         self,
@@ -465,27 +448,133 @@ class Store:
         """log_turn() for an engine Answer (the object or its to_dict()): text,
         regions, boxes, masks, timings, tokens, model_id, revision, error; its
         `stopped` / `timed_out` flags go into meta."""
-        get = shapes._get
-        extra = dict(meta or {})
-        for flag in ("stopped", "timed_out"):
-            if get(answer, flag) is not None:
-                extra[flag] = bool(get(answer, flag))
         return self.log_turn(
-            conversation_id,
-            "assistant",
-            get(answer, "text", "") or "",
-            pgdfc_mode=pgdfc_mode,
-            s=s,
-            regions=get(answer, "regions"),
-            boxes=get(answer, "boxes"),
-            masks=get(answer, "masks"),
-            timings=get(answer, "timings"),
-            tokens=get(answer, "tokens"),
-            model_id=get(answer, "model_id"),
-            revision=get(answer, "revision"),
-            error=get(answer, "error"),
-            meta=extra,
+            conversation_id, "assistant", pgdfc_mode=pgdfc_mode, s=s, **_answer_fields(answer, meta)
         )
+
+    # --- an answer written as it is generated ----------------------------------------
+
+    def begin_answer(
+        self,
+        conversation_id: str,
+        question: str | None = None,
+        *,
+        retry_of: str | None = None,
+        pgdfc_mode: str | None = None,
+        s: int | None = None,
+        model_id: str | None = None,
+        question_meta: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Starts an answer: in ONE transaction, the question (a user turn with
+        `question_meta`) and an empty assistant turn with status "in_progress" (with
+        `meta`). Returns the answer's turn id, for save_answer_text(), finish_answer() and
+        fail_answer(). A crash then leaves the question with its partial answer, never a
+        question alone.
+
+        Retry: `retry_of` (instead of `question`) is the id of the conversation's last user
+        turn; the turns after it (its old answer) are deleted in the same transaction.
+        NotFoundError when it is no longer the last question.
+        """
+        if (question is None) == (retry_of is None):
+            raise InvalidRecordError("Give either a question or the question to retry.")
+        answer_row, _ = _turn_row(
+            "assistant", "", pgdfc_mode=pgdfc_mode, s=s, model_id=model_id, meta=meta
+        )
+        answer_row["status"] = "in_progress"
+        question_row = None
+        if question is not None:
+            question_row, _ = _turn_row(
+                "user", question, pgdfc_mode=pgdfc_mode, s=s, meta=question_meta
+            )
+        with self._transaction(write=True) as session:
+            conv = self._locked_conversation(session, conversation_id)
+            if question_row is not None:
+                self._append(session, conv, question_row)
+            else:
+                last = self._last_user_turn(session, conversation_id)
+                if last is None or last.id != retry_of:
+                    raise NotFoundError(
+                        "The question to answer again is no longer the last one in this "
+                        "conversation; reopen the conversation."
+                    )
+                self._delete_from(session, conversation_id, last.index + 1)
+            return self._append(session, conv, answer_row).id
+
+    def save_answer_text(self, turn_id: str, text: str) -> bool:
+        """Saves the text generated so far of an answer begun by begin_answer() (one small
+        UPDATE; the caller bounds how often). False when the answer is no longer there
+        (undone, retried or deleted meanwhile) or already finished."""
+        if not isinstance(text, str):
+            raise InvalidRecordError(f"A turn's text must be text, not {type(text).__name__}.")
+        with self._transaction(write=True) as session:
+            result = session.execute(
+                update(Turn)
+                # "interrupted" too: another replica's start may have marked a live answer
+                .where(Turn.id == turn_id, Turn.status.in_(("in_progress", "interrupted")))
+                .values(text=_clean(text))
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount > 0
+
+    def finish_answer(
+        self, turn_id: str, answer: Any, *, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Completes an answer begun by begin_answer() with the engine's Answer (mapped as
+        log_answer() does; `meta` is added to the turn's meta): status "done"."""
+        fields = _answer_fields(answer, meta)
+        row, mask_records = _turn_row("assistant", **fields)
+        del row["role"], row["pgdfc_mode"], row["s"]  # set by begin_answer
+        self._complete(turn_id, {**row, "status": "done"}, mask_records)
+
+    def fail_answer(self, turn_id: str, text: str, error: str) -> None:
+        """Completes an answer begun by begin_answer() that failed: the text generated
+        until then and the error (a sentence for a person); status "failed"."""
+        row, _ = _turn_row("assistant", text, error=error)
+        self._complete(turn_id, {"text": row["text"], "error": row["error"], "status": "failed"})
+
+    def _complete(
+        self,
+        turn_id: str,
+        values: dict[str, Any],
+        mask_records: Sequence[shapes.MaskRecord] = (),
+    ) -> None:
+        with self._transaction(write=True) as session:
+            conversation_id = session.scalar(select(Turn.conversation_id).where(Turn.id == turn_id))
+            # the conversation first, as every writer locks it (no deadlock on PostgreSQL)
+            conv = (
+                None
+                if conversation_id is None
+                else session.get(Conversation, conversation_id, with_for_update=True)
+            )
+            turn = None if conv is None else session.get(Turn, turn_id, populate_existing=True)
+            if turn is None:
+                raise NotFoundError(
+                    "The answer being written is no longer in the conversation (it was "
+                    "undone, retried or deleted meanwhile)."
+                )
+            if "meta" in values:
+                values = {**values, "meta": {**(turn.meta or {}), **values["meta"]}}
+            for name, value in values.items():
+                setattr(turn, name, value)
+            session.execute(delete(Mask).where(Mask.turn_id == turn_id))
+            _add_masks(session, turn_id, mask_records)
+            conv.updated_at = utcnow()
+
+    def interrupt_answers_in_progress(self) -> int:
+        """Marks every answer still "in_progress" as "interrupted", keeping its partial
+        text: call once when the app starts (a crash or kill cut those answers off).
+        Returns how many there were. With several app replicas on one database, a live
+        answer on another replica shows as interrupted until it finishes (finishing
+        completes it anyway)."""
+        with self._transaction(write=True) as session:
+            result = session.execute(
+                update(Turn)
+                .where(Turn.status == "in_progress")
+                .values(status="interrupted")
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount
 
     def get_turn(self, turn_id: str) -> dict[str, Any]:
         """One turn as in load_conversation()['turns']."""
@@ -571,6 +660,83 @@ class Store:
             session.add(row)
             session.flush()
             return row.id
+
+
+# The keywords of Store.log_turn after role and text.
+_TURN_FIELDS = frozenset(
+    "pgdfc_mode s regions boxes masks timings tokens model_id revision error meta".split()
+)
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; a stray one from a model must not lose the turn.
+    return text.replace("\x00", "")
+
+
+def _turn_row(
+    role: str, text: str, **fields: Any
+) -> tuple[dict[str, Any], list[shapes.MaskRecord]]:
+    """A turn's column values and mask records, checked (InvalidRecordError) before any
+    write; status "done". `fields`: Store.log_turn's keywords (absent ones are None)."""
+    unknown = set(fields) - _TURN_FIELDS
+    if unknown:
+        raise TypeError(f"unknown turn fields: {sorted(unknown)}")
+    get = fields.get
+    pgdfc_mode, s, error = get("pgdfc_mode"), get("s"), get("error")
+    if role not in ROLES:
+        raise InvalidRecordError(f"A turn's role must be 'user' or 'assistant', not {echo(role)}.")
+    if not isinstance(text, str):
+        raise InvalidRecordError(f"A turn's text must be text, not {type(text).__name__}.")
+    if pgdfc_mode is not None and pgdfc_mode not in PGDFC_MODES:
+        raise InvalidRecordError(
+            f"PGDFC mode must be one of {', '.join(PGDFC_MODES)}, not {echo(pgdfc_mode)}."
+        )
+    if s is not None and (not shapes._is_int(s) or s < 0):
+        raise InvalidRecordError(f"S (detail patches) must be an integer ≥ 0, not {echo(s)}.")
+    row = {
+        "role": role,
+        "text": _clean(text),
+        "pgdfc_mode": pgdfc_mode,
+        "s": None if s is None else int(s),
+        "regions": shapes.regions(get("regions")),
+        "boxes": shapes.boxes(get("boxes")),
+        "timings": shapes.number_map(get("timings"), "timings", integers=False),
+        "tokens": shapes.number_map(get("tokens"), "tokens", integers=True),
+        "meta": shapes.json_safe(dict(get("meta") or {}), "meta"),
+        "model_id": _optional_text(get("model_id"), "The model id", 256),
+        "revision": _optional_text(get("revision"), "The model revision", 128),
+        "error": None if error is None else _clean(_optional_text(error, "The error")),
+        "status": "done",
+    }
+    return row, shapes.masks(get("masks"))
+
+
+def _answer_fields(answer: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """_turn_row() arguments from an engine Answer (the object or its to_dict()); its
+    `stopped` / `timed_out` flags go into meta."""
+    get = shapes._get
+    extra = dict(meta or {})
+    for flag in ("stopped", "timed_out"):
+        if get(answer, flag) is not None:
+            extra[flag] = bool(get(answer, flag))
+    return {
+        "text": get(answer, "text", "") or "",
+        "regions": get(answer, "regions"),
+        "boxes": get(answer, "boxes"),
+        "masks": get(answer, "masks"),
+        "timings": get(answer, "timings"),
+        "tokens": get(answer, "tokens"),
+        "model_id": get(answer, "model_id"),
+        "revision": get(answer, "revision"),
+        "error": get(answer, "error"),
+        "meta": extra,
+    }
+
+
+def _add_masks(session: Session, turn_id: str, records: Sequence[shapes.MaskRecord]) -> None:
+    for i, record in enumerate(records):
+        session.add(_mask_row(turn_id, i, record))
+        session.flush()
 
 
 def _mask_row(turn_id: str, index: int, record: shapes.MaskRecord) -> Mask:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -42,6 +43,10 @@ NAMING_CONVENTION = {
 }
 
 ROLES = ("user", "assistant")
+# A turn's life: an answer is written "in_progress" when it starts (its text saved as it
+# grows), then "done" or "failed" (error set); one still in progress when the server starts
+# again was cut off by a crash and becomes "interrupted". Questions are "done" at once.
+TURN_STATUSES = ("in_progress", "done", "interrupted", "failed")
 FEEDBACK_VALUES = ("like", "dislike")
 
 # JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
@@ -136,7 +141,8 @@ class Turn(Base):
 
     regions: [{rank, score, l0_rect: [x, y, w, h]}] — the tiles PGDFC read;
     boxes: [{rel: [x0, y0, x1, y1], l0_rect: [x, y, w, h], label}];
-    masks live in the `masks` table (bitmaps), referenced by (turn, index).
+    masks live in the `masks` table (bitmaps), referenced by (turn, index);
+    status: one of TURN_STATUSES.
     """
 
     __tablename__ = "turns"
@@ -144,6 +150,16 @@ class Turn(Base):
         UniqueConstraint("conversation_id", "turn_index"),
         CheckConstraint("role IN ('user', 'assistant')", name="role"),
         CheckConstraint("turn_index >= 0", name="turn_index"),
+        CheckConstraint(
+            "status IN ('in_progress', 'done', 'interrupted', 'failed')", name="status"
+        ),
+        # Only the few answers in progress: what the sweep at start looks for.
+        Index(
+            "ix_turns_in_progress",
+            "status",
+            sqlite_where=text("status = 'in_progress'"),
+            postgresql_where=text("status = 'in_progress'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
@@ -165,6 +181,7 @@ class Turn(Base):
     model_id: Mapped[str | None] = mapped_column(String(256))
     revision: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="done", server_default="done")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     conversation: Mapped[Conversation] = relationship(back_populates="turns")

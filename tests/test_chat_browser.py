@@ -159,8 +159,8 @@ def server_with_slide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
 
 
 def _ask_in_page(driver, services, text: str, turns: int) -> None:
-    """Ask through the page; return once the answer is logged (`turns` turns in the newest
-    conversation) and its 8 regions are on the viewer."""
+    """Ask through the page; return once the answer is complete in the log (`turns` turns in
+    the newest conversation, the last one done) and its 8 regions are on the viewer."""
     question = driver.find_element("css selector", "#omnipath-question textarea")
     question.clear()
     question.send_keys(text)
@@ -169,11 +169,78 @@ def _ask_in_page(driver, services, text: str, turns: int) -> None:
     while time.monotonic() < deadline:
         newest = services.store.list_conversations(limit=1)
         if newest and newest[0]["turn_count"] == turns:
-            break
+            last = services.store.load_conversation(newest[0]["id"])["turns"][-1]
+            if last["status"] == "done":  # logged when it starts, completed at the end
+                break
         time.sleep(0.25)
     else:
         raise AssertionError(f"the answer to {text!r} was not logged")
     wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
+
+
+def _chat_text(driver) -> str:
+    return driver.find_element("css selector", "#omnipath-chat").text
+
+
+@pytest.mark.slow
+def test_an_interrupted_answer_reads_so_and_retry_answers_again(
+    browser, tmp_path, tiny_engine
+) -> None:
+    """A log left by a server killed mid-answer; the next server marks the answer interrupted,
+    the page says so, and Retry replaces it."""
+    require_viewer_assets()
+    from omnipath.synth import write_synthetic_slide
+    from storage import Store
+    from web.chat_services import build_chat_services
+    from web.config import WebConfig
+    from web.upload import upload_slide
+
+    folder = tmp_path / "server"
+    slide = write_synthetic_slide(tmp_path / "case.tiff", 2400, 1600, seed=4).path
+    config = WebConfig(data_dir=folder / "data", sample_slide=False)
+    with Store(folder / "log.db") as store:
+        before = build_chat_services(config, engine=tiny_engine, store=store)
+        conversation_id = upload_slide(before, slide)["conversation_id"]
+        cut = store.begin_answer(conversation_id, "Where is the lesion?", pgdfc_mode="attention")
+        store.save_answer_text(cut, "The lesion lies")
+        before.web.registry.close()
+
+    with serving_app(folder) as (url, services):
+        driver = browser
+        driver.get(url)
+        wait_for(
+            driver,
+            "return [...document.querySelectorAll('button')]"
+            ".find(b => b.textContent.includes('Conversations'));",
+        ).click()
+        wait_for(driver, "return document.querySelector('#omnipath-conversations input');").click()
+        wait_for(
+            driver,
+            "return [...document.querySelectorAll('#omnipath-conversations li, ul.options li')]"
+            ".find(li => li.textContent.includes('Where is the lesion?'));",
+        ).click()
+        wait_for(
+            driver,
+            "return document.querySelector('#omnipath-chat').innerText"
+            ".includes('interrupted (the server stopped while answering); press Retry');",
+        )
+        assert "The lesion lies" in _chat_text(driver)
+
+        driver.find_element("css selector", "#omnipath-retry").click()
+        wait_for(
+            driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;", 120
+        )
+        turns = services.store.load_conversation(conversation_id)["turns"]
+        assert [(t["role"], t["status"]) for t in turns] == [
+            ("user", "done"),
+            ("assistant", "done"),
+        ]
+        assert turns[1]["id"] != cut
+        wait_for(
+            driver,
+            "return !document.querySelector('#omnipath-chat').innerText.includes('interrupted');",
+        )
+        assert "Where is the lesion?" in _chat_text(driver)
 
 
 def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from omnipath.coords import L0Rect
-from omnipath.engine import AnswerOptions
+from omnipath.engine import Answer, AnswerOptions
 from omnipath.errors import (
     GenerationError,
     NotFoundError,
@@ -54,6 +54,35 @@ class FailingEngine(SpyEngine):
             raise GenerationError("The model ran out of memory; try fewer detail patches.")
 
         return stream()
+
+
+class ScriptedEngine(SpyEngine):
+    """Streams the given text deltas, then an Answer with their text; each delta moves
+    `clock` (a FakeClock, when given) on by `step` seconds."""
+
+    def __init__(self, engine, deltas: list[str], clock=None, step: float = 0.0) -> None:
+        super().__init__(engine)
+        self.deltas, self.clock, self.step = deltas, clock, step
+
+    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+        (options or AnswerOptions()).validate()
+
+        def stream():
+            for delta in self.deltas:
+                if self.clock is not None:
+                    self.clock.now += self.step
+                yield delta
+            yield Answer(text="".join(self.deltas), model_id="tiny")
+
+        return stream()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
 
 
 @pytest.fixture()
@@ -271,6 +300,7 @@ def test_stop_keeps_the_text_so_far_and_logs_it_as_stopped(services, uploaded) -
         turn["meta"]["stopped"] is True
         and "stopped" in handlers.chat_messages([turn])[0]["content"]
     )
+    assert turn["status"] == "done" and turn["id"] == final.turn_id
     assert conversation_id not in services.stops
 
 
@@ -283,7 +313,8 @@ def test_a_failing_model_is_logged_with_its_error_and_the_next_question_works(
     with pytest.raises(GenerationError, match="ran out of memory"):
         list(handlers.ask(services, conversation_id, "Where?", OPTIONS))
     turns = services.store.load_conversation(conversation_id)["turns"]
-    assert [t["role"] for t in turns] == ["user", "assistant"]
+    # the answer begun with the question was completed as failed: no separate error row
+    assert [(t["role"], t["status"]) for t in turns] == [("user", "done"), ("assistant", "failed")]
     assert turns[1]["text"] == "partial " and "out of memory" in turns[1]["error"]
     services.engine = real
     assert _finish(handlers.ask(services, conversation_id, "Again?", OPTIONS))[1].done
@@ -455,3 +486,129 @@ def test_a_slide_opened_at_start_gets_recorded_when_its_first_conversation_start
     assert _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))[1].done
     with pytest.raises(NotFoundError):
         handlers.new_conversation(services, "e" * 64)
+
+
+def _statuses(services, conversation_id) -> list[tuple[str, str]]:
+    turns = services.store.load_conversation(conversation_id)["turns"]
+    return [(t["role"], t["status"]) for t in turns]
+
+
+def test_an_answer_is_logged_in_progress_and_completed_in_place(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    stream = handlers.ask(
+        services, conversation_id, "Describe everything.", AnswerOptions(s=2, max_new_tokens=40)
+    )
+    first = next(stream)
+    # the question and its answer in progress, written together; the first text saved at once
+    assert _statuses(services, conversation_id) == [("user", "done"), ("assistant", "in_progress")]
+    begun = services.store.load_conversation(conversation_id)["turns"]
+    assert begun[1]["text"] == first.text and begun[1]["meta"]["options"]["s"] == 2
+    final = list(stream)[-1]
+    turns = services.store.load_conversation(conversation_id)["turns"]
+    assert [t["id"] for t in turns] == [t["id"] for t in begun] and final.turn_id == turns[1]["id"]
+    assert turns[1]["status"] == "done" and turns[1]["text"] == final.answer["text"]
+    assert turns[1]["tokens"]["generated"] == final.answer["tokens"]["generated"]
+
+
+def test_the_text_so_far_is_saved_at_a_bounded_rate(
+    services, uploaded, tiny_engine, monkeypatch
+) -> None:
+    from types import SimpleNamespace
+
+    clock = FakeClock()
+    monkeypatch.setattr(handlers, "time", SimpleNamespace(monotonic=clock.monotonic))
+    services.engine = ScriptedEngine(tiny_engine, ["word "] * 50, clock=clock, step=0.1)
+    real_save = services.store.save_answer_text
+    saves: list[tuple[float, str]] = []
+
+    def counting_save(turn_id: str, text: str) -> bool:
+        saves.append((clock.now, text))
+        return real_save(turn_id, text)
+
+    monkeypatch.setattr(services.store, "save_answer_text", counting_save)
+    _, final = _finish(handlers.ask(services, uploaded["conversation_id"], "Describe.", OPTIONS))
+    interval = handlers.ANSWER_SAVE_INTERVAL_S
+    assert saves[0][1] == "word "  # the first text at once
+    pairs = list(zip(saves, saves[1:], strict=False))
+    assert all(later - earlier >= interval for (earlier, _), (later, _) in pairs)
+    assert 2 <= len(saves) <= 1 + 50 * 0.1 / interval  # 5 s of streaming: ≤ 11 UPDATEs, not 50
+    assert all(later.startswith(earlier) for (_, earlier), (_, later) in pairs)
+    assert services.store.get_turn(final.turn_id)["text"] == "word " * 50  # the end completes it
+
+
+def test_an_empty_answer_says_the_model_gave_none(services, uploaded, tiny_engine) -> None:
+    services.engine = ScriptedEngine(tiny_engine, [])
+    _, final = _finish(handlers.ask(services, uploaded["conversation_id"], "Hm?", OPTIONS))
+    turn = services.store.get_turn(final.turn_id)
+    assert (turn["status"], turn["text"], turn["error"]) == ("done", "", handlers.NO_ANSWER)
+    assert "gave no answer" in final.text and "rephras" in final.text
+    message = handlers.chat_messages([turn])[0]["content"]
+    assert message == "⚠ The model gave no answer; try rephrasing the question."
+    # an empty answer logged before this rule, and one stopped before any text
+    old = {"role": "assistant", "text": "", "meta": {}, "error": None, "status": "done"}
+    assert "gave no answer" in handlers.chat_messages([old])[0]["content"]
+    stopped = {**old, "meta": {"stopped": True}}
+    assert handlers.chat_messages([stopped])[0]["content"] == "⚠ stopped"
+
+
+def test_s_above_the_tissue_cells_is_refused_before_anything_is_logged(services, uploaded) -> None:
+    conversation_id = uploaded["conversation_id"]
+    too_many = AnswerOptions(s=40, max_new_tokens=6)  # the synthetic slide has 29 tissue cells
+    with pytest.raises(OptionsError, match="hold tissue") as caught:
+        list(handlers.ask(services, conversation_id, "Where?", too_many))
+    assert caught.value.message.endswith(".") and "choose S ≤ 29" in caught.value.message
+    assert services.store.load_conversation(conversation_id)["turns"] == []
+    # Retry with such an S keeps the answer it would have replaced
+    _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))
+    before = services.store.load_conversation(conversation_id)["turns"]
+    with pytest.raises(OptionsError, match="hold tissue"):
+        list(handlers.retry(services, conversation_id, too_many))
+    assert services.store.load_conversation(conversation_id)["turns"] == before
+
+
+def test_an_answer_cut_off_by_a_crash_reads_interrupted_and_retry_replaces_it(
+    services, uploaded
+) -> None:
+    from web.app import app_services
+
+    conversation_id = uploaded["conversation_id"]
+    # what a server killed mid-answer leaves: the question and its answer in progress
+    store = services.store
+    cut = store.begin_answer(conversation_id, "Describe everything.", pgdfc_mode="attention", s=3)
+    store.save_answer_text(cut, "A section of")
+    # the restarted server
+    config = WebConfig(data_dir=services.settings.data_dir, sample_slide=False)
+    fresh = app_services(config, build_chat_services(config, engine=services.engine, store=store))
+    assert _statuses(fresh, conversation_id) == [("user", "done"), ("assistant", "interrupted")]
+    messages = handlers.reopen_conversation(fresh, conversation_id)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[1]["content"] == (
+        "A section of\n\n⚠ interrupted (the server stopped while answering); press Retry"
+    )
+    question_id = store.load_conversation(conversation_id)["turns"][0]["id"]
+    _, again = _finish(handlers.retry(fresh, conversation_id, OPTIONS))
+    turns = store.load_conversation(conversation_id)["turns"]
+    assert [t["id"] for t in turns] == [question_id, again.turn_id] and again.turn_id != cut
+    assert [t["status"] for t in turns] == ["done", "done"]
+    assert "interrupted" not in handlers.chat_messages(turns)[1]["content"]
+    assert services.engine.calls[-1]["history"] == []  # the question is not its own history
+    fresh.web.registry.close()
+
+
+def test_an_abandoned_answer_is_logged_as_cancelled_and_frees_the_engine(
+    services, uploaded
+) -> None:
+    conversation_id = uploaded["conversation_id"]
+    stream = handlers.ask(
+        services, conversation_id, "Describe everything.", AnswerOptions(s=2, max_new_tokens=40)
+    )
+    first = next(stream)
+    stream.close()  # what Gradio does when the page goes away mid-answer
+    turn = services.store.load_conversation(conversation_id)["turns"][1]
+    assert (turn["status"], turn["text"], turn["error"]) == (
+        "failed",
+        first.text,
+        handlers.CANCELLED,
+    )
+    assert conversation_id not in services.stops
+    assert _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))[1].done

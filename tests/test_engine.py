@@ -367,8 +367,14 @@ def test_s_larger_than_the_tissue_cells(engine: Engine, tmp_path) -> None:
     path = tmp_path / "sparse.png"
     _write_slide(path, tissue_right=120)  # a thin strip of tissue
     with open_slide(path) as sparse:
+        # refused when the answer is asked for, before any model work or anything is streamed
         with pytest.raises(OptionsError, match="hold tissue"):
-            _run(engine, sparse, s=60)
+            engine.answer(sparse, [], "Where?", AnswerOptions(s=60))
+        assert engine.thumbs.get(sparse, engine.model.thumb_side) is None
+        # with the vision features cached, the check still comes first
+        _run(engine, sparse, pgdfc_mode="off", s=0)
+        with pytest.raises(OptionsError, match="hold tissue"):
+            engine.answer(sparse, [], "Where?", AnswerOptions(s=60))
 
 
 def test_token_budget_drops_lowest_patches_then_refuses(engine: Engine, slide, monkeypatch) -> None:

@@ -376,8 +376,155 @@ def test_data_survives_reopening_and_migrations_are_idempotent(database_url: str
         conv = store.start_conversation(SLIDE_ID, "tiny")
         store.log_turn(conv, "user", "Persist me")
     with Store(database_url) as reopened:
-        assert current_revision(reopened.engine) == "0001"
+        assert current_revision(reopened.engine) == "0002"
         assert reopened.load_conversation(conv)["turns"][0]["text"] == "Persist me"
+
+
+def _roles_and_statuses(store: Store, conversation: str) -> list[tuple[str, str]]:
+    return [(t["role"], t["status"]) for t in store.load_conversation(conversation)["turns"]]
+
+
+def test_an_answer_is_begun_with_its_question_and_completed_in_place(
+    store: Store, conversation: str
+) -> None:
+    answer_id = store.begin_answer(
+        conversation,
+        "Where is the lesion?",
+        pgdfc_mode="attention",
+        s=4,
+        model_id="tiny",
+        question_meta={"l0_region": [1, 2, 3, 4]},
+        meta={"options": {"s": 4}},
+    )
+    # one transaction wrote both: the question and an empty answer in progress
+    assert _roles_and_statuses(store, conversation) == [
+        ("user", "done"),
+        ("assistant", "in_progress"),
+    ]
+    question = store.load_conversation(conversation)["turns"][0]
+    assert question["meta"] == {"l0_region": [1, 2, 3, 4]} and question["s"] == 4
+    assert store.save_answer_text(answer_id, "The lesion is")
+    assert store.get_turn(answer_id)["text"] == "The lesion is"
+    store.finish_answer(
+        answer_id,
+        {
+            "text": "The lesion is here.",
+            "regions": [{"rank": 1, "score": 0.5, "l0_rect": [0, 0, 10, 10]}],
+            "masks": [{"l0_rect": [0, 0, 4, 4], "bitmap": np.ones((4, 4), bool)}],
+            "tokens": {"generated": 5},
+            "model_id": "tiny",
+            "stopped": True,
+        },
+        meta={"l0_region": [1, 2, 3, 4]},
+    )
+    turn = store.get_turn(answer_id)
+    assert (turn["status"], turn["text"], turn["tokens"], turn["pgdfc_mode"]) == (
+        "done",
+        "The lesion is here.",
+        {"generated": 5},
+        "attention",
+    )
+    assert turn["meta"] == {"options": {"s": 4}, "l0_region": [1, 2, 3, 4], "stopped": True}
+    assert len(turn["masks"]) == 1 and turn["regions"][0]["rank"] == 1
+    assert len(store.load_conversation(conversation)["turns"]) == 2  # completed, not appended
+    assert not store.save_answer_text(answer_id, "late text")  # a finished answer stays
+    assert store.get_turn(answer_id)["text"] == "The lesion is here."
+
+    failed = store.begin_answer(conversation, "And the grade?")
+    store.fail_answer(failed, "Grade", "The GPU ran out of memory.")
+    turn = store.get_turn(failed)
+    assert (turn["status"], turn["text"], turn["error"]) == (
+        "failed",
+        "Grade",
+        "The GPU ran out of memory.",
+    )
+    store.undo_last_exchange(conversation)
+    with pytest.raises(NotFoundError, match="no longer in the conversation"):
+        store.fail_answer(failed, "", "late")
+    assert not store.save_answer_text(failed, "late")
+
+
+def test_answers_cut_off_by_a_crash_are_marked_interrupted_with_their_text(
+    database_url: str,
+) -> None:
+    with Store(database_url) as store:
+        store.record_slide(SLIDE_ID, **SLIDE)
+        conversation = store.start_conversation(SLIDE_ID, "tiny")
+        done = store.begin_answer(conversation, "Q1")
+        store.finish_answer(done, {"text": "A1"})
+        cut = store.begin_answer(conversation, "Q2")
+        store.save_answer_text(cut, "half an ans")
+        # the process dies here: nothing completes the answer
+    with Store(database_url) as reopened:
+        assert reopened.interrupt_answers_in_progress() == 1
+        assert reopened.interrupt_answers_in_progress() == 0
+        assert _roles_and_statuses(reopened, conversation) == [
+            ("user", "done"),
+            ("assistant", "done"),
+            ("user", "done"),
+            ("assistant", "interrupted"),
+        ]
+        assert reopened.get_turn(cut)["text"] == "half an ans"
+        # Retry: the interrupted answer is replaced in the same transaction as the new begins
+        q2 = reopened.load_conversation(conversation)["turns"][2]["id"]
+        with pytest.raises(NotFoundError, match="no longer the last"):
+            reopened.begin_answer(conversation, retry_of=done)
+        again = reopened.begin_answer(conversation, retry_of=q2)
+        turns = reopened.load_conversation(conversation)["turns"]
+        assert [t["id"] for t in turns[2:]] == [q2, again]
+        assert turns[3]["status"] == "in_progress" and turns[3]["text"] == ""
+        with pytest.raises(InvalidRecordError):
+            reopened.begin_answer(conversation)
+
+
+def test_beginning_an_answer_writes_both_turns_or_neither(
+    store: Store, conversation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_append = Store._append
+    calls = []
+
+    def failing_append(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # the question is already flushed
+            raise RuntimeError("disk full")
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "_append", failing_append)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.begin_answer(conversation, "Q")
+    assert _row_count(store, "turns") == 0
+
+
+def test_the_status_migration_keeps_existing_turns_as_done(tmp_path: Path) -> None:
+    from alembic import command
+
+    from storage.db import alembic_config, create_database_engine, resolve_url
+
+    engine = create_database_engine(resolve_url(tmp_path / "old.db"))
+    command.upgrade(alembic_config(engine), "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO slides (id, size_bytes, vendor, width, height, created_at) "
+                "VALUES (:id, 1, 'x', 1, 1, '2026-01-01')"
+            ),
+            {"id": SLIDE_ID},
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO conversations VALUES ('c1', ?, NULL, 't', '2026-01-01', '2026-01-01')",
+            (SLIDE_ID,),
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO turns VALUES ('t1', 'c1', 0, 'user', 'Q', NULL, NULL, '[]', '[]', "
+            "'{}', '{}', '{}', NULL, NULL, NULL, '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO feedback (turn_id, value, created_at) VALUES ('t1', 'like', '2026-01-01')"
+        )
+    engine.dispose()
+    with Store(tmp_path / "old.db") as store:
+        turn = store.get_turn("t1")
+        assert (turn["text"], turn["status"], turn["liked"]) == ("Q", "done", "like")
 
 
 def test_migrations_match_the_models(store: Store) -> None:

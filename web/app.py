@@ -6,6 +6,8 @@ Gradio UI (the slide viewer with the chat beside it, web/chat_app.py) mounted at
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -28,6 +30,7 @@ GRADIO_EXTRAS = (
     "/monitoring",
     "/monitoring/{rest:path}",
 )
+log = logging.getLogger(__name__)
 
 
 def app_services(
@@ -36,13 +39,20 @@ def app_services(
     """Everything the app serves with. `services`: ChatServices as they are (tests inject a
     tiny engine and a temporary log), the viewer's WebServices (the engine and the log are
     built around them), or None (all built from `config`). The slide to show at start
-    (--slide or the sample slide, generated on first start) is registered either way."""
+    (--slide or the sample slide, generated on first start) is registered either way, and
+    answers left in progress by a crash are marked interrupted (their text kept; Retry
+    answers again)."""
     if isinstance(services, ChatServices):
         chat = services
     else:
         web = build_services(config) if services is None else services
         chat = build_chat_services(config, web=web)
     register_initial_slide(chat.web, config)
+    interrupted = chat.store.interrupt_answers_in_progress()
+    if interrupted:
+        log.warning(
+            "%d answer(s) were cut off when the server stopped; marked interrupted", interrupted
+        )
     return chat
 
 

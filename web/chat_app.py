@@ -30,6 +30,7 @@ from web import upload as uploads
 from web.blocks import OmniPathBlocks
 from web.chat_services import ChatServices
 from web.exports import DownloadFolder
+from web.messages import as_text
 from web.viewer_component import build_viewer, viewer_state
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
             conversation_id = state["conversation_id"]
-            shown_question = handlers.as_text(question_text.strip())
+            shown_question = as_text(question_text.strip())
             pending = [*(messages or []), {"role": "user", "content": shown_question}]
 
             def factory() -> Iterator[handlers.AskUpdate]:

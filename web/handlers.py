@@ -8,18 +8,14 @@ slide pixels (`l0_`). A conversation belongs to one slide; a new slide starts a 
 
 from __future__ import annotations
 
-import html
-import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from omnipath.coords import L0Rect
 from omnipath.errors import (
@@ -29,104 +25,30 @@ from omnipath.errors import (
     OptionsError,
 )
 from web.chat_services import ChatServices
-from web.viewer_component import mask_item, viewer_state
+from web.messages import (
+    NO_ANSWER,
+    chat_messages,
+    empty_layers,
+    last_answer,
+    message_text,
+    model_history,
+    turn_layers,
+)
+from web.viewer_component import viewer_state
 
 log = logging.getLogger(__name__)
 
 # A drawn region is about 60 characters of JSON; far longer text is not one (nor parsed).
 MAX_REGION_CHARS = 1000
+# An answer's text is saved as it grows, at most once per this many seconds (README, "Limits
+# chosen"): a crash loses at most this much of it, and the database sees at most two small
+# UPDATEs a second per answer.
+ANSWER_SAVE_INTERVAL_S = 0.5
+CANCELLED = "The answer was cancelled before it finished (the page was closed); press Retry."
+MODEL_FAILED = "The model failed while answering; the error was logged. Please try again."
 
 
 # --- conversations ----------------------------------------------------------------------------
-
-
-def empty_layers() -> dict[str, list]:
-    return {"regions": [], "boxes": [], "masks": []}
-
-
-def _rect(value: Any) -> dict[str, int]:
-    if isinstance(value, dict):
-        return {k: int(value[k]) for k in ("x", "y", "w", "h")}
-    x, y, w, h = value
-    return {"x": int(x), "y": int(y), "w": int(w), "h": int(h)}
-
-
-def _mask_bitmap(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image.convert("L")) > 127
-
-
-def turn_layers(turn: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The viewer's layers for one logged assistant turn (a Store turn dict): regions numbered
-    by rank, boxes and masks in level-0 pixels."""
-    regions = [
-        {
-            "l0_rect": _rect(r["l0_rect"]),
-            "number": int(r["rank"]),
-            "label": f"Region {r['rank']}"
-            + (f" (probe score {r['score']:.3f})" if r.get("score") is not None else ""),
-        }
-        for r in sorted(turn.get("regions") or [], key=lambda r: r["rank"])
-    ]
-    boxes = [
-        {"l0_rect": _rect(b["l0_rect"]), "label": b.get("label") or f"Box {i + 1}"}
-        for i, b in enumerate(turn.get("boxes") or [])
-    ]
-    masks = [
-        mask_item(_mask_bitmap(m["png"]), _rect(m["l0_rect"]), m.get("label") or f"Mask {i + 1}")
-        for i, m in enumerate(turn.get("masks") or [])
-    ]
-    return {"regions": regions, "boxes": boxes, "masks": masks}
-
-
-def as_text(text: str) -> str:
-    """A person's text for gr.Chatbot (which renders Markdown and lets harmless HTML through)
-    shown as typed: HTML escaped, so no tag reaches the page, and Markdown images defused, so
-    showing the message fetches nothing (an <img src=…> would be fetched by whoever opens it)."""
-    return html.escape(text, quote=False).replace("![", "!\\[")
-
-
-def _message_text(turn: dict[str, Any]) -> str:
-    text = turn["text"]
-    if turn["role"] != "assistant":
-        text = as_text(text)
-        region = (turn.get("meta") or {}).get("l0_region")
-        if region:
-            x, y, w, h = region
-            return f"{text}\n\n*(about the region x {x}, y {y}, {w}×{h} px)*"
-        return text
-    notes = []
-    meta = turn.get("meta") or {}
-    if meta.get("stopped"):
-        notes.append("stopped")
-    if meta.get("timed_out"):
-        notes.append("time limit reached")
-    if turn.get("error"):
-        notes.append(turn["error"])
-    if notes:
-        text = (text + "\n\n" if text else "") + "⚠ " + "; ".join(notes)
-    return text
-
-
-def chat_messages(turns: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Messages for gr.Chatbot (one per logged turn, in order: message index = turn index)."""
-    return [{"role": t["role"], "content": _message_text(t)} for t in turns]
-
-
-def _history(turns: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """What the model sees of earlier turns: their text (failed answers without text left out)."""
-    return [
-        {"role": t["role"], "content": t["text"]}
-        for t in turns
-        if t["text"].strip() or t["role"] == "user"
-    ]
-
-
-def _last_answer(turns: list[dict[str, Any]]) -> dict[str, Any] | None:
-    for turn in reversed(turns):
-        if turn["role"] == "assistant":
-            return turn
-    return None
 
 
 def _ensure_registered(services: ChatServices, slide: dict[str, Any]) -> None:
@@ -163,7 +85,7 @@ def reopen_conversation(services: ChatServices, conversation_id: str) -> dict[st
     _ensure_registered(services, conversation["slide"])
     slide_id = conversation["slide_id"]
     meta = services.web.tiles.meta(slide_id).to_dict()
-    last = _last_answer(conversation["turns"])
+    last = last_answer(conversation["turns"])
     layers = turn_layers(last) if last is not None else empty_layers()
     return {
         "conversation_id": conversation_id,
@@ -274,17 +196,22 @@ def ask(
     region: Any = None,
     stop: threading.Event | None = None,
 ) -> Iterator[AskUpdate]:
-    """Answer `question` in the conversation, streaming AskUpdates; the question and the answer
-    are logged (a failed answer is logged with its error, then the error is raised).
+    """Answer `question` in the conversation, streaming AskUpdates. When the answer starts,
+    the question and an answer "in progress" are logged together; the answer's text is saved
+    as it grows (at most once per ANSWER_SAVE_INTERVAL_S) and the same row is completed at the
+    end, or marked failed with its error (the error is then raised). A crash leaves it in
+    progress: the next start marks it interrupted, and Retry answers again.
 
     options: omnipath.engine.AnswerOptions (defaults when None). region: the rectangle the
     user drew ({x, y, w, h} level-0 pixels, or its JSON), passed to the engine as l0_region
     (a <mask> input map when the model has a mask encoder, else a sentence naming the region).
-    Bad input (empty question, bad options, unknown conversation) raises before anything is
-    logged."""
+    Bad input (empty question, bad options, S above the slide's tissue cells, unknown
+    conversation) raises before anything is logged."""
     if not isinstance(question, str) or not question.strip():
         raise OptionsError("The question is empty; type a question about the slide.")
-    return _answer(services, conversation_id, question.strip(), options, region, stop, True)
+    conversation = _load(services, conversation_id)
+    request = _request(services, conversation, question.strip(), options, region)
+    return _run(services, request, conversation["turns"], stop)
 
 
 def retry(
@@ -294,147 +221,157 @@ def retry(
     *,
     stop: threading.Event | None = None,
 ) -> Iterator[AskUpdate]:
-    """Answer the last question again (its old answer is deleted first); same stream as ask."""
+    """Answer the last question again, replacing its answer (also one that failed or was
+    interrupted) when the new one starts; same stream as ask."""
     conversation = _load(services, conversation_id)
-    if not any(t["role"] == "user" for t in conversation["turns"]):
+    turns = conversation["turns"]
+    asked = [i for i, t in enumerate(turns) if t["role"] == "user"]
+    if not asked:
         raise OptionsError("There is no question to retry yet.")
-    question = services.store.prepare_retry(conversation_id)
+    question = turns[asked[-1]]
     region = (question.get("meta") or {}).get("l0_region")
     if region:
         region = dict(zip(("x", "y", "w", "h"), region, strict=True))
-    return _answer(services, conversation_id, question["text"], options, region, stop, False)
+    request = _request(services, conversation, question["text"], options, region, question["id"])
+    return _run(services, request, turns[: asked[-1]], stop)
 
 
-def _answer(
+@dataclass
+class _Request:
+    """One question to answer: where, what, how (checked), and what it replaces."""
+
+    conversation_id: str
+    slide_id: str
+    question: str
+    options: Any  # omnipath.engine.AnswerOptions
+    l0_region: L0Rect | None
+    retry_of: str | None = None  # the question's turn id when answering it again
+
+    @property
+    def region_meta(self) -> dict[str, Any]:
+        r = self.l0_region
+        return {"l0_region": [r.x, r.y, r.w, r.h]} if r is not None else {}
+
+
+def _request(
     services: ChatServices,
-    conversation_id: str,
+    conversation: dict[str, Any],
     question: str,
     options: Any,
     region: Any,
-    stop: threading.Event | None,
-    log_question: bool,
-) -> Iterator[AskUpdate]:
+    retry_of: str | None = None,
+) -> _Request:
     from omnipath.engine import AnswerOptions
 
-    options = AnswerOptions() if options is None else options
-    conversation = _load(services, conversation_id)
-    conversation_id = conversation["id"]
     slide = conversation["slide"]
     _ensure_registered(services, slide)
-    l0_region = parse_region(region, slide["width"], slide["height"])
-    turns = conversation["turns"]
-    if not log_question:  # retry: the question is the last logged turn already
-        turns = turns[:-1]
-    stop = stop if stop is not None else threading.Event()
-    return _run(
-        services,
-        conversation_id,
-        question,
-        options,
-        l0_region,
-        stop,
-        log_question,
-        _history(turns),
-        slide["id"],
+    return _Request(
+        conversation_id=conversation["id"],
+        slide_id=slide["id"],
+        question=question,
+        options=AnswerOptions() if options is None else options,
+        l0_region=parse_region(region, slide["width"], slide["height"]),
+        retry_of=retry_of,
     )
+
+
+class _PartialText:
+    """Saves an answer's text as it grows: the first text at once, then at most once per
+    ANSWER_SAVE_INTERVAL_S (the last text is saved by the answer's completion)."""
+
+    def __init__(self, store: Any, turn_id: str) -> None:
+        self.store, self.turn_id = store, turn_id
+        self.saved_at: float | None = None
+
+    def update(self, text: str) -> None:
+        now = time.monotonic()
+        if self.saved_at is not None and now - self.saved_at < ANSWER_SAVE_INTERVAL_S:
+            return
+        self.saved_at = now
+        try:
+            self.store.save_answer_text(self.turn_id, text)
+        except OmniPathError:  # the answer goes on; only a crash now would lose more of it
+            log.warning("could not save the answer's text so far", exc_info=True)
 
 
 def _run(
     services: ChatServices,
-    conversation_id: str,
-    question: str,
-    options: Any,
-    l0_region: L0Rect | None,
-    stop: threading.Event,
-    log_question: bool,
-    history: list[dict[str, str]],
-    slide_id: str,
+    request: _Request,
+    earlier_turns: list[dict[str, Any]],
+    stop: threading.Event | None,
 ) -> Iterator[AskUpdate]:
-    store = services.store
-    region_list = (
-        [l0_region.x, l0_region.y, l0_region.w, l0_region.h] if l0_region is not None else None
-    )
-    meta = {"l0_region": region_list} if region_list else {}
+    store, options = services.store, request.options
+    conversation_id = request.conversation_id
+    stop = stop if stop is not None else threading.Event()
     text = ""
-    answer = None
     # The lease keeps the slide open while the engine reads it, even if the LRU evicts it.
-    with services.registry.lease(slide_id) as opened:
-        # the engine checks the options and the question here, before anything is logged
+    with services.registry.lease(request.slide_id) as opened:
+        # the engine checks the options, the question and S here, before anything is logged
         stream = services.engine.answer(
-            opened.slide, history, question, options, stop=stop, l0_region=l0_region
+            opened.slide,
+            model_history(earlier_turns),
+            request.question,
+            options,
+            stop=stop,
+            l0_region=request.l0_region,
         )
-        if log_question:
-            store.log_turn(
-                conversation_id,
-                "user",
-                question,
-                pgdfc_mode=options.pgdfc_mode,
-                s=options.s,
-                meta=meta,
-            )
+        turn_id = store.begin_answer(
+            conversation_id,
+            None if request.retry_of else request.question,
+            retry_of=request.retry_of,
+            pgdfc_mode=options.pgdfc_mode,
+            s=options.s,
+            model_id=services.engine.info.get("model_id"),
+            question_meta=request.region_meta,
+            meta={**request.region_meta, "options": options.to_dict()},
+        )
+        partial = _PartialText(store, turn_id)
         with services.stops_lock:
             services.stops[conversation_id] = stop
         try:
+            answer = None
             for item in stream:
                 if isinstance(item, str):
                     text += item
+                    partial.update(text)
                     yield AskUpdate(conversation_id, text)
                 else:
                     answer = item
+            if answer is None:
+                raise GenerationError("The model stopped without an answer; please try again.")
+            if not answer.text.strip() and not (answer.error or answer.stopped or answer.timed_out):
+                answer.error = NO_ANSWER
+            store.finish_answer(turn_id, answer)
         except OmniPathError as exc:
-            _log_failure(services, conversation_id, text, options, exc.message, meta)
+            _fail(store, turn_id, text, exc.message)
             raise
         except Exception as exc:  # a bug or a library failure: logged, reported as a sentence
             log.exception("answering failed")
-            message = "The model failed while answering; the error was logged. Please try again."
-            _log_failure(services, conversation_id, text, options, message, meta)
-            raise GenerationError(message, detail=repr(exc)) from exc
+            _fail(store, turn_id, text, MODEL_FAILED)
+            raise GenerationError(MODEL_FAILED, detail=repr(exc)) from exc
+        except BaseException:  # GeneratorExit: the caller went away; keep what was written
+            _fail(store, turn_id, text, CANCELLED)
+            raise
         finally:
+            stream.close()  # an abandoned answer releases the engine now
             with services.stops_lock:
                 if services.stops.get(conversation_id) is stop:
                     del services.stops[conversation_id]
-    if answer is None:
-        message = "The model stopped without an answer; please try again."
-        _log_failure(services, conversation_id, text, options, message, meta)
-        raise GenerationError(message)
-    answer_dict = answer.to_dict()
-    turn_id = store.log_answer(
-        conversation_id,
-        answer,
-        pgdfc_mode=options.pgdfc_mode,
-        s=options.s,
-        meta={**meta, "options": options.to_dict()},
-    )
     turn = store.get_turn(turn_id)
     yield AskUpdate(
         conversation_id,
-        _message_text(turn),
+        message_text(turn),
         done=True,
         turn_id=turn_id,
-        answer=answer_dict,
+        answer=answer.to_dict(),
         layers=turn_layers(turn),
     )
 
 
-def _log_failure(
-    services: ChatServices,
-    conversation_id: str,
-    text: str,
-    options: Any,
-    message: str,
-    meta: dict[str, Any],
-) -> None:
+def _fail(store: Any, turn_id: str, text: str, message: str) -> None:
+    """Complete the answer in progress as failed, with its text so far and the error."""
     try:
-        services.store.log_turn(
-            conversation_id,
-            "assistant",
-            text,
-            pgdfc_mode=options.pgdfc_mode,
-            s=options.s,
-            model_id=services.engine.info.get("model_id"),
-            error=message,
-            meta=meta,
-        )
+        store.fail_answer(turn_id, text, message)
     except OmniPathError:
         log.exception("could not log the failed answer")
 
@@ -445,7 +382,7 @@ def undo(services: ChatServices, conversation_id: str) -> dict[str, Any]:
     _load(services, conversation_id)
     removed = services.store.undo_last_exchange(conversation_id)
     conversation = services.store.load_conversation(conversation_id)
-    last = _last_answer(conversation["turns"])
+    last = last_answer(conversation["turns"])
     return {
         "question": removed["question"] if removed else None,
         "messages": chat_messages(conversation["turns"]),

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from storage.export import turn_overlays
+from web.messages import answer_notes
 
 REPORT_THUMBNAIL_SIDE = 1024
 _NO_SLIDE_COLOUR = (235, 235, 235)
@@ -103,8 +104,9 @@ def _turn_html(turn: dict[str, Any]) -> str:
             f"<br><i>About the region x {region[0]}, y {region[1]}, "
             f"{region[2]}×{region[3]} level-0 pixels.</i>"
         )
-    if turn.get("error"):
-        parts.append(f'<br><span class="error">⚠ {html.escape(turn["error"])}</span>')
+    notes = answer_notes(turn) if turn["role"] == "assistant" else []
+    if notes:
+        parts.append(f'<br><span class="error">⚠ {html.escape("; ".join(notes))}</span>')
     parts.append("</div>")
     return "".join(parts)
 

@@ -67,6 +67,19 @@ def _sync(device: torch.device) -> None:
 
 
 @dataclass
+class _Look:
+    """A slide's square thumbnail and its tissue grid (grid×grid tissue fraction), made when
+    a question is asked so S is checked then; `features` when the vision features are
+    cached already, else `seconds` it took to render."""
+
+    frame: ThumbFrame
+    image: Any  # PIL image, side×side RGB
+    tissue: np.ndarray
+    seconds: float = 0.0
+    features: ThumbFeatures | None = None
+
+
+@dataclass
 class _Pgdfc:
     """What PGDFC contributed to one question (planned from Ψ, then read and encoded)."""
 
@@ -211,9 +224,10 @@ class Engine:
         history: earlier turns of THIS slide's conversation, [{"role", "content"}] (text only;
         a new slide is a new conversation, the caller's job). l0_region: a level-0 rectangle
         the user points at (a `<mask>` input, or a sentence for models without masks).
-        Bad options raise OptionsError here, at call time; slide-dependent problems
-        (S above the tissue cells, TokenBudgetError) and DeviceOutOfMemoryError are raised
-        while iterating, before any text.
+        Bad options raise OptionsError here, at call time, and so does S above the slide's
+        tissue cells (the thumbnail and its tissue grid are made here; cached per slide), so
+        a caller can refuse the question before logging it. TokenBudgetError and
+        DeviceOutOfMemoryError are raised while iterating, before any text.
         """
         options = options if options is not None else AnswerOptions()
         if not isinstance(options, AnswerOptions):
@@ -229,11 +243,17 @@ class Engine:
         checked_history = check_history(history)
         if l0_region is not None and not isinstance(l0_region, L0Rect):
             raise OptionsError("The region must be a level-0 rectangle (x, y, w, h).")
-        return self._stream(slide, checked_history, question.strip(), options, stop, l0_region)
+        look = self._look(slide)
+        if options.pgdfc_mode != "off":
+            pgdfc.check_s_against_tissue(options.s, self._tissue_cells(look))
+        return self._stream(
+            slide, look, checked_history, question.strip(), options, stop, l0_region
+        )
 
     def _stream(
         self,
         slide: Any,
+        look: _Look,
         history: list[dict],
         question: str,
         options: AnswerOptions,
@@ -243,7 +263,7 @@ class Engine:
         out_of_memory: str | None = None
         with self._lock:
             try:
-                yield from self._answer(slide, history, question, options, stop, l0_region)
+                yield from self._answer(slide, look, history, question, options, stop, l0_region)
             except torch.OutOfMemoryError as exc:
                 out_of_memory = str(exc)
             # leave the except block first: the traceback holds the KV cache and activations
@@ -262,6 +282,7 @@ class Engine:
     def _answer(
         self,
         slide: Any,
+        look: _Look,
         history: list[dict],
         question: str,
         options: AnswerOptions,
@@ -282,11 +303,9 @@ class Engine:
                 answer.timed_out = True
             return answer.stopped or answer.timed_out
 
-        thumb = self._thumbnail(slide, timings, tokens)
+        thumb = self._thumbnail(slide, look, timings, tokens)
         grid = self.model.grid
-        tissue = pgdfc.tissue_cells(thumb.tissue, self._setting("background_threshold", 0.2))
-        if options.pgdfc_mode != "off":
-            pgdfc.check_s_against_tissue(options.s, tissue)
+        tissue = self._tissue_cells(look)
 
         region_embeds, region_text = None, None
         if l0_region is not None:
@@ -378,13 +397,13 @@ class Engine:
         del cache
         yield self._finish(answer, start, thumb, generated, mask_hidden, options)
 
-    def _thumbnail(self, slide: Any, timings: dict, tokens: dict) -> ThumbFeatures:
-        """The slide's square thumbnail, tissue grid and vision features (LRU cached)."""
+    def _look(self, slide: Any) -> _Look:
+        """The slide's square thumbnail and tissue grid (no model call): the cached
+        ThumbFeatures when the slide was seen, else rendered now."""
         side = int(self.model.thumb_side)
         cached = self.thumbs.get(slide, side)
-        tokens["thumbnail_cached"] = int(cached is not None)
         if cached is not None:
-            return cached
+            return _Look(cached.frame, cached.image, cached.tissue, features=cached)
         from omnipath.slide.tissue import tissue_fraction
 
         started = time.perf_counter()
@@ -392,15 +411,27 @@ class Engine:
         image = frame.render(slide.thumbnail(side))
         grid = self.model.grid
         tissue = np.asarray(tissue_fraction(image, (grid, grid)), dtype=np.float32)
-        timings["thumbnail"] = time.perf_counter() - started
+        return _Look(frame, image, tissue, seconds=time.perf_counter() - started)
+
+    def _tissue_cells(self, look: _Look) -> np.ndarray:
+        return pgdfc.tissue_cells(look.tissue, self._setting("background_threshold", 0.2))
+
+    def _thumbnail(self, slide: Any, look: _Look, timings: dict, tokens: dict) -> ThumbFeatures:
+        """The slide's thumbnail with its vision features (encoded now unless cached)."""
+        tokens["thumbnail_cached"] = int(look.features is not None)
+        if look.features is not None:
+            return look.features
+        timings["thumbnail"] = look.seconds
         started = time.perf_counter()
         with torch.inference_mode():
-            pixels = pgdfc.images_to_tensor([image]).to(self.device)
+            pixels = pgdfc.images_to_tensor([look.image]).to(self.device)
             thumb_tokens, feature_map = self.model.encode_images(pixels)
         _sync(self.device)
         timings["vision"] = time.perf_counter() - started
-        features = ThumbFeatures(frame, image, tissue, thumb_tokens[0], feature_map[0])
-        self.thumbs.put(slide, side, features)
+        features = ThumbFeatures(
+            look.frame, look.image, look.tissue, thumb_tokens[0], feature_map[0]
+        )
+        self.thumbs.put(slide, int(self.model.thumb_side), features)
         return features
 
     def _region_input(
