@@ -101,11 +101,18 @@ def _write_tower(folder, *, full_clip: bool = False) -> None:
     torch.manual_seed(1)
     if full_clip:
         text = CLIPTextConfig(
-            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-            num_attention_heads=2, projection_dim=16,
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=16,
         )
-        CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                             projection_dim=16)).save_pretrained(folder)
+        CLIPModel(
+            CLIPConfig(
+                text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16
+            )
+        ).save_pretrained(folder)
     else:
         CLIPVisionModel(vision).save_pretrained(folder)
     CLIPImageProcessor(
@@ -169,9 +176,7 @@ def _write_original(folder, tower, *, family="llama", shards=1, tokenizer=None, 
         index_file.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config = text.to_dict()
     config.update(
-        architectures=[
-            "LlavaLlamaForCausalLM" if family == "llama" else "LlavaMistralForCausalLM"
-        ],
+        architectures=["LlavaLlamaForCausalLM" if family == "llama" else "LlavaMistralForCausalLM"],
         model_type="llava_llama" if family == "llama" else "llava_mistral",
         mm_vision_tower=str(tower),
         mm_projector_type=projector_type,
@@ -267,7 +272,11 @@ def _reference_logits(family, folder, tower_folder, weights, image: Image.Image)
         nn.Linear(TOWER_WIDTH, 64), nn.GELU(), nn.Linear(64, 64)
     )  # build_vision_projector, mlp2x_gelu
     projector.load_state_dict(
-        {k.removeprefix("model.mm_projector."): v for k, v in weights.items() if "mm_projector" in k}
+        {
+            k.removeprefix("model.mm_projector."): v
+            for k, v in weights.items()
+            if "mm_projector" in k
+        }
     )
     lm = AutoModelForCausalLM.from_config(_text_config(family, len(tokenizer))).eval()
     lm.load_state_dict({k: v for k, v in weights.items() if "mm_projector" not in k}, strict=True)
@@ -429,7 +438,9 @@ def test_linear_projector_checkpoint_loads(tmp_path, tower):
     result = load_model(str(tmp_path), CPU32)
     projector = result.model.llava.model.multi_modal_projector
     features = torch.randn(3, TOWER_WIDTH)
-    expected = features @ weights["model.mm_projector.weight"].T + weights["model.mm_projector.bias"]
+    expected = (
+        features @ weights["model.mm_projector.weight"].T + weights["model.mm_projector.bias"]
+    )
     torch.testing.assert_close(projector(features), expected)
 
 
@@ -467,7 +478,10 @@ HISTORY = [
             "assistant gives helpful, detailed, and polite answers to the human's questions. "
             "USER: <image>\nWhat is it? ASSISTANT: A gland.</s>USER: Where? ASSISTANT:",
         ),
-        ("mistral_instruct", "<s>[INST] <image>\nWhat is it? [/INST] A gland. </s>[INST] Where? [/INST]"),
+        (
+            "mistral_instruct",
+            "<s>[INST] <image>\nWhat is it? [/INST] A gland. </s>[INST] Where? [/INST]",
+        ),
         (
             "llama_3",
             "<s><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and "
@@ -496,8 +510,9 @@ def test_mistral_instruct_puts_a_system_prompt_in_the_first_turn():
 def test_conversation_flag_overrides_the_checkpoint(original):
     from omnipath.model.conversation import CONVERSATIONS
 
-    result = load_model(str(original[1]), LoadOptions(dtype="float32", device="cpu",
-                                                       conversation="llava_v1"))
+    result = load_model(
+        str(original[1]), LoadOptions(dtype="float32", device="cpu", conversation="llava_v1")
+    )
     assert result.conversation == "llava_v1"
     assert result.tokenizer.chat_template == CONVERSATIONS["llava_v1"]
 
@@ -569,6 +584,22 @@ def test_projector_weights_that_do_not_fit_are_a_sentence(tmp_path, tower):
         load_model(str(tmp_path), CPU32)
 
 
+def test_incomplete_tower_weights_are_a_sentence_not_random_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    _write_tower(tower)
+    weights = load_file(str(tower / "model.safetensors"))
+    kept = {k: v for k, v in weights.items() if "encoder.layers.0." not in k}
+    save_file(kept, str(tower / "model.safetensors"), metadata={"format": "pt"})
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    _write_original(folder, tower)
+    with pytest.raises(ModelLoadError, match=r"lack \d+ of the CLIPVisionModel's tensors"):
+        load_model(str(folder), CPU32)
+
+
 def test_original_classes_without_a_vision_tower_are_a_sentence(tmp_path, tower):
     _config_only(tmp_path, tower)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -583,7 +614,9 @@ def test_model_type_llava_alone_is_not_the_original_format(tmp_path):
     llava: it is NOT read as the original format."""
     from omnipath.model.loading import checkpoint_kind
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "mm_vision_tower": "x"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llava", "mm_vision_tower": "x"})
+    )
     assert checkpoint_kind(tmp_path) == "llava"
 
 
@@ -693,3 +726,18 @@ def test_four_bit_quantizes_the_llm_only(original):
         assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
     ids, logits = _our_logits(result, _slide_image())
     assert torch.isfinite(logits.float()).all()
+
+
+def test_web_conversation_setting_reaches_the_tokenizer(original):
+    """--conversation / OMNIPATH_CONVERSATION: the app's engine renders that template."""
+    from omnipath.model.conversation import CONVERSATIONS
+    from web.chat_services import build_engine
+    from web.config import load_config
+
+    config = load_config(
+        ["--model", str(original[1]), "--model-dtype", "float32", "--device", "cpu"],
+        environ={"OMNIPATH_CONVERSATION": "llava_v1"},
+    )
+    assert config.conversation == "llava_v1"
+    engine = build_engine(config)
+    assert engine.tokenizer.chat_template == CONVERSATIONS["llava_v1"]

@@ -62,9 +62,7 @@ def _two_separator_template(default_system: str) -> str:
 
 
 _MISTRAL_INSTRUCT = (
-    "{% set default_system = '' %}"
-    + _SYSTEM_SPLIT
-    + "{{ bos_token }}"
+    "{% set default_system = '' %}" + _SYSTEM_SPLIT + "{{ bos_token }}"
     "{% for message in turns %}"
     "{% if message['role'] == 'user' %}"
     "{% if loop.first and system %}"
@@ -114,9 +112,10 @@ def checkpoint_conversation(config: Mapping[str, Any], names: Sequence[str] = ()
     if config.get("model_type") == "llava_mistral" or "LlavaMistralForCausalLM" in architectures:
         return "mistral_instruct"
     lowered = " ".join([*names, str(config.get("_name_or_path", ""))]).lower()
-    if any(marker in lowered for marker in ("llama-3", "llama3", "llama_3")) or int(
-        config.get("vocab_size") or 0
-    ) >= 128000:
+    if (
+        any(marker in lowered for marker in ("llama-3", "llama3", "llama_3"))
+        or int(config.get("vocab_size") or 0) >= 128000
+    ):
         return "llama_3"
     return "vicuna_v1"
 

@@ -61,9 +61,7 @@ def convert(
             "write the converted checkpoint into."
         )
     if dtype is not None and dtype not in DTYPES:
-        raise ModelLoadError(
-            f"The dtype {dtype!r} is not known; use one of {', '.join(DTYPES)}."
-        )
+        raise ModelLoadError(f"The dtype {dtype!r} is not known; use one of {', '.join(DTYPES)}.")
     checkpoint = resolve_checkpoint(source)
     if checkpoint_kind(checkpoint.folder) != "llava_original":
         raise ModelLoadError(

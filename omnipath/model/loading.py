@@ -476,7 +476,9 @@ def _load_checkpoint(checkpoint: ResolvedCheckpoint, kind: str, plan: LoadPlan) 
 
         original = load_original_llava(folder, model_id, plan)
         model: nn.Module = LlavaAdapter(
-            original.llava, image_mean=original.image_mean, image_std=original.image_std,
+            original.llava,
+            image_mean=original.image_mean,
+            image_std=original.image_std,
             pad=original.spec.pad,
         ).eval()
         tokenizer = original.tokenizer
@@ -507,12 +509,15 @@ def _from_pretrained(
     *,
     config: Any = None,
     skip_modules: list[str] | None = None,
+    complete: bool = False,
 ) -> nn.Module:
     """`model_class.from_pretrained(folder)` in the plan's dtype, device, attention and
     quantization (LLM only). Files are local by now: never touches the network.
 
     `config`: use it instead of the folder's config.json; `skip_modules`: what quantization
-    leaves alone (default: everything outside the LLM decoder, `llm_only_skip_modules`)."""
+    leaves alone (default: everything outside the LLM decoder, `llm_only_skip_modules`);
+    `complete`: a weight of the model missing from the files is a ModelLoadError (instead of
+    transformers' random initialisation)."""
     kwargs: dict[str, Any] = {
         "dtype": plan.dtype,
         "attn_implementation": plan.attn_implementation,
@@ -535,7 +540,13 @@ def _from_pretrained(
     elif plan.device != "cpu":
         # straight to the GPU, no CPU copy of the weights
         kwargs["device_map"] = {"": _device_map_target(plan.device)}
-    model = model_class.from_pretrained(folder, **kwargs)
+    model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    if complete and missing:
+        raise ModelLoadError(
+            f"The weights in '{folder}' lack {len(missing)} of the {type(model).__name__}'s "
+            f"tensors ({', '.join(missing[:3])}); the files are incomplete or of another model."
+        )
     return model.eval()
 
 
@@ -561,11 +572,14 @@ def _device_map_target(device: str) -> str:
     return device
 
 
-def _load_tokenizer(folder: Path, model_id: str) -> Any:
+def _load_tokenizer(folder: Path, model_id: str, *, config: Any = None) -> Any:
+    """The tokenizer next to the weights; `config`: the model's, when its config.json is not
+    one transformers reads (original LLaVA's)."""
     from transformers import AutoTokenizer
 
+    extra = {} if config is None else {"config": config}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelLoadError(
             f"The model '{model_id}' has no usable tokenizer files next to its weights; save "

@@ -79,7 +79,11 @@ def is_original_llava(config: Mapping[str, Any]) -> bool:
 
 def llava_architectures(config: Mapping[str, Any]) -> list[str]:
     names = config.get("architectures") or []
-    return [a for a in names if isinstance(a, str) and a.startswith("Llava") and a.endswith("ForCausalLM")]
+    return [
+        a
+        for a in names
+        if isinstance(a, str) and a.startswith("Llava") and a.endswith("ForCausalLM")
+    ]
 
 
 def llava_key(original: str, projector_type: str = "mlp2x_gelu") -> str | None:
@@ -375,14 +379,19 @@ def load_original_llava(folder: Path, model_id: str, plan: LoadPlan) -> Original
     tower_config = vision_config(tower_folder, spec.vision_tower)
     check_tower_width(spec, tower_config, model_id)
     projector_weights = read_projector_weights(folder)  # before anything big is loaded
-    tokenizer = _load_tokenizer(folder, model_id)
+    text_config = spec.text_config()
+    tokenizer = _load_tokenizer(folder, model_id, config=text_config)
     image_token_id = add_image_token(tokenizer)
 
-    text_config = spec.text_config()
     lm = _from_pretrained(
-        AutoModelForCausalLM, folder, plan, config=text_config, skip_modules=["lm_head"]
+        AutoModelForCausalLM,
+        folder,
+        plan,
+        config=text_config,
+        skip_modules=["lm_head"],
+        complete=True,
     )
-    tower = _from_pretrained(CLIPVisionModel, tower_folder, plan.unquantized())
+    tower = _from_pretrained(CLIPVisionModel, tower_folder, plan.unquantized(), complete=True)
     num_tokens = (tower_config.image_size // tower_config.patch_size) ** 2
     config = LlavaConfig(
         vision_config=tower.config,
@@ -417,7 +426,9 @@ def assemble_llava(config: Any, lm: nn.Module, tower: nn.Module, projector: nn.M
     llava.generation_config = lm.generation_config
     if getattr(lm, "hf_quantizer", None) is not None:
         llava.hf_quantizer = lm.hf_quantizer
-    leftover = [name for name, p in [*llava.named_parameters(), *llava.named_buffers()] if p.is_meta]
+    leftover = [
+        name for name, p in [*llava.named_parameters(), *llava.named_buffers()] if p.is_meta
+    ]
     if leftover:
         raise ModelLoadError(
             f"The LLaVA model could not be assembled (parts left empty: {', '.join(leftover[:3])})."
