@@ -741,3 +741,21 @@ def test_web_conversation_setting_reaches_the_tokenizer(original):
     assert config.conversation == "llava_v1"
     engine = build_engine(config)
     assert engine.tokenizer.chat_template == CONVERSATIONS["llava_v1"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantization", [None, "4bit"])
+def test_on_cuda_fp16_and_4bit_keep_the_argmax(original, quantization):
+    """On a GPU: fp16 (and 4-bit LLM) logits stay near the float32 CPU ones."""
+    if quantization is not None:
+        pytest.importorskip("bitsandbytes")
+    family, folder, tower_folder, weights = original
+    image = _slide_image()
+    _, reference, _ = _reference_logits(family, folder, tower_folder, weights, image)
+    result = load_model(
+        str(folder), LoadOptions(dtype="float16", device="cuda", quantization=quantization)
+    )
+    assert result.model.llava.model.vision_tower.dtype == torch.float16
+    _, logits = _our_logits(result, image)
+    tolerance = 2e-2 if quantization is None else 0.25
+    torch.testing.assert_close(logits.float().cpu(), reference, rtol=0, atol=tolerance)
