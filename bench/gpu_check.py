@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from llava_memory import LLMS  # noqa: E402  (bench/ is this script's folder)
 from torch import nn  # noqa: E402
 
 GB = 1e9
@@ -45,18 +46,14 @@ GOAL_4BIT_PEAK_GB = 10.0
 GOAL_PGDFC_VS_THUMB = 1.3
 PROMPT_TOKENS = 256
 QUESTION = "Which region of this slide is the most atypical, and what grade is the lesion?"
-# Vicuna-7B / -13B (lmsys/vicuna-*-v1.5): what LLaVA-1.5 and Quilt-LLaVA are built on.
-LLM_SHAPES = {
-    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-               num_attention_heads=32),
-    "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                num_attention_heads=40),
-}  # fmt: skip
+# Vicuna-7B / -13B (what LLaVA-1.5 and Quilt-LLaVA are built on), as bench/llava_memory.py
+# prices them; tiny ones for the dry run.
+LLM_SHAPES = {"7B": LLMS["vicuna-7b"], "13B": LLMS["vicuna-13b"]}
 TINY_LLM_SHAPES = {
-    "tiny-a": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=4),
-    "tiny-b": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                   num_attention_heads=4),
+    "tiny-a": dict(model_type="llama", hidden_size=64, intermediate_size=128,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
+    "tiny-b": dict(model_type="llama", hidden_size=128, intermediate_size=256,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
 }  # fmt: skip
 
 
@@ -168,7 +165,7 @@ def decode_rate(model: nn.Module, device: torch.device, new_tokens: int) -> floa
 
 
 def llm_speeds(shapes: dict, device: torch.device, dtype: torch.dtype, new_tokens: int) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     missing = bitsandbytes_missing()
     print(f"\n== 1. fp16 vs 4-bit decoding, random-weight Llama, {PROMPT_TOKENS}-token prompt, "
@@ -178,12 +175,12 @@ def llm_speeds(shapes: dict, device: torch.device, dtype: torch.dtype, new_token
     )
     print("|---|---|---|---|---|---|---|")
     for name, shape in shapes.items():
-        config = LlamaConfig(vocab_size=32000, num_key_value_heads=shape["num_attention_heads"],
-                             max_position_embeddings=4096, **shape)  # fmt: skip
+        shape = dict(shape)
+        config = AutoConfig.for_model(shape.pop("model_type"), vocab_size=32000, **shape)
         free(device)
         with default_dtype(dtype), torch.device(device):
             torch.manual_seed(0)
-            model = LlamaForCausalLM(config).eval()
+            model = AutoModelForCausalLM.from_config(config).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e9
         fp16_rate, fp16_memory = decode_rate(model, device, new_tokens), allocated_gb(device)
         if missing is None:

@@ -19,29 +19,15 @@ def _lm_linear_classes(model) -> set[str]:
     }
 
 
-def _tissue_png(path):
-    """A small H&E-like slide as a PNG (no imagecodecs needed: the offline GPU machine's
-    image lacks it, see bench/gpu_check.sh): tissue on the left half."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (1600, 1200), (250, 250, 250))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, 799, 1199), fill=(225, 140, 185))
-    for x in range(0, 790, 14):
-        for y in range(0, 1190, 14):
-            draw.ellipse((x, y, x + 6, y + 6), fill=(110, 50, 140))
-    image.save(path)
-    return path
-
-
-def test_fp16_on_cuda_answers_with_regions(tmp_path):
+def test_fp16_on_cuda_answers_with_regions(tissue_png):
     from omnipath.slide import open_slide
 
     loaded = load_model("tiny", LoadOptions(dtype="float16", device="cuda"))
     assert loaded.device.startswith("cuda") and loaded.dtype == "float16"
     assert next(loaded.model.parameters()).dtype == torch.float16
     engine = Engine(loaded.model, loaded.tokenizer, model_id="tiny", revision=None, demo=True)
-    with open_slide(_tissue_png(tmp_path / "slide.png")) as slide:
+    # a PNG: the offline GPU machine has no imagecodecs for the synthetic TIFF writer
+    with open_slide(tissue_png[0]) as slide:
         items = list(
             engine.answer(slide, [], "Where is the lesion?", AnswerOptions(s=4, max_new_tokens=8))
         )

@@ -22,11 +22,9 @@ from torch import nn
 from omnipath.errors import CapabilityError, ModelLoadError, ModelNotFoundError
 from omnipath.model.llava_adapter import LlavaAdapter
 from omnipath.model.loading import LoadOptions, load_model
+from tests.tiny_llava import GRID, IMAGE_SIDE, TOWER_WIDTH, clip_vision_config
 
 CPU32 = LoadOptions(dtype="float32", device="cpu")
-IMAGE_SIDE, PATCH = 32, 8
-GRID = IMAGE_SIDE // PATCH
-TOWER_WIDTH = 32
 TOWER_MEAN = [0.4, 0.45, 0.5]
 TOWER_STD = [0.25, 0.3, 0.35]
 IMAGE_TOKEN_INDEX = -200  # llava/constants.py
@@ -85,19 +83,10 @@ def _write_tower(folder, *, full_clip: bool = False) -> None:
         CLIPImageProcessor,
         CLIPModel,
         CLIPTextConfig,
-        CLIPVisionConfig,
         CLIPVisionModel,
     )
 
-    vision = CLIPVisionConfig(
-        hidden_size=TOWER_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=IMAGE_SIDE,
-        patch_size=PATCH,
-        projection_dim=16,
-    )
+    vision = clip_vision_config()
     torch.manual_seed(1)
     if full_clip:
         text = CLIPTextConfig(
@@ -362,7 +351,7 @@ def test_logits_equal_the_original_recipe(loaded, original):
     torch.testing.assert_close(ours, reference, rtol=0, atol=LOGITS_TOLERANCE)
 
 
-def test_engine_answers_with_pgdfc_regions_and_no_masks(loaded, original, tmp_path, monkeypatch):
+def test_engine_answers_with_pgdfc_regions_and_no_masks(loaded, original, tissue_png, monkeypatch):
     """The engine, unchanged, answers on the original checkpoint: PGDFC picks detail regions
     on tissue, the thumbnail is padded with the checkpoint's mean colour, and a box in the
     answer is placed from the padded square (LLaVA-1.5's frame)."""
@@ -372,15 +361,7 @@ def test_engine_answers_with_pgdfc_regions_and_no_masks(loaded, original, tmp_pa
     from omnipath.coords import L0Rect
     from omnipath.engine import Answer, AnswerOptions, Engine
 
-    width, height, tissue_right = 1200, 800, 500
-    image = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, tissue_right - 1, height - 1), fill=(225, 140, 185))
-    for i in range(0, tissue_right - 8, 12):
-        for j in range(0, height - 8, 12):
-            draw.ellipse((i, j, i + 6, j + 6), fill=(110, 50, 140))
-    path = tmp_path / "slide.png"
-    image.save(path)
+    path, tissue_right = tissue_png
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(model, tokenizer, model_id=loaded.model_id, revision=None, demo=False)
     script = iter(
