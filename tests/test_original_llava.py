@@ -130,9 +130,10 @@ def _text_config(family: str, vocab_size: int):
     return LlamaConfig(**common) if family == "llama" else MistralConfig(**common)
 
 
-def _write_original(folder, tower, *, family="llama", shards=1, tokenizer=None, **mm):
+def _write_original(folder, tower, *, family="llama", shards=1, tokenizer=None, pickle=False, **mm):
     """An original-format checkpoint in `folder`: config.json as the LLaVA repositories write
-    it, weights under the original names (in `shards` safetensors files), a tokenizer."""
+    it, weights under the original names (in `shards` safetensors files, or one
+    pytorch_model.bin with `pickle`, as the liuhaotian uploads have), a tokenizer."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
@@ -152,7 +153,9 @@ def _write_original(folder, tower, *, family="llama", shards=1, tokenizer=None, 
         weights["model.mm_projector.2.weight"] = torch.randn(hidden, hidden) * 0.2
         weights["model.mm_projector.2.bias"] = torch.randn(hidden) * 0.1
     names = sorted(weights)
-    if shards == 1:
+    if pickle:
+        torch.save(weights, folder / "pytorch_model.bin")
+    elif shards == 1:
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     else:
         weight_map = {}
@@ -411,6 +414,16 @@ def test_llava_adapter_declares_the_square_frame(loaded):
 def test_masks_are_refused(loaded):
     with pytest.raises(CapabilityError, match="cannot produce masks"):
         loaded.model.encode_masks(torch.zeros(1, 1, 16, 16))
+
+
+def test_pytorch_bin_checkpoint_gives_the_same_logits(tmp_path, tower):
+    """LLaVA-1.5's own uploads are pytorch_model.bin files, not safetensors."""
+    weights = _write_original(tmp_path, tower, pickle=True)
+    assert not list(tmp_path.glob("*.safetensors"))
+    image = _slide_image()
+    _, reference, _ = _reference_logits("llama", tmp_path, tower, weights, image)
+    _, ours = _our_logits(load_model(str(tmp_path), CPU32), image)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=LOGITS_TOLERANCE)
 
 
 def test_linear_projector_checkpoint_loads(tmp_path, tower):

@@ -288,7 +288,10 @@ def read_projector_weights(folder: Path) -> dict[str, torch.Tensor]:
                     if key.startswith(_PROJECTOR_PREFIX):
                         found[key] = handle.get_tensor(key)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a pre-zip-format pickle cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
             found.update({k: v for k, v in state.items() if k.startswith(_PROJECTOR_PREFIX)})
     if not found:
         raise ModelLoadError(
@@ -362,7 +365,8 @@ def add_image_token(tokenizer: Any) -> int:
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         from tokenizers import AddedToken
 
-        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)])
+        token = AddedToken(IMAGE_TOKEN, special=True, normalized=False)
+        tokenizer.add_tokens([token], special_tokens=True)  # as convert_llava_weights_to_hf
     return int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
 
 
