@@ -3,7 +3,7 @@
 The model writes detections in relative coordinates, e.g. "tumour: [0.12, 0.30, 0.25, 0.41]"
 or "(0.12,0.30,0.25,0.41)", as x0, y0, x1, y1. `frame="slide"` (OmniPath's frame, DESIGN.md):
 fractions of the slide's level-0 width/height (`rel_`). `frame="square"`: fractions of the
-padded square thumbnail, as stock LLaVA writes them; un-padded through `ThumbFrame`.
+padded square thumbnail, as LLaVA-1.5 writes them; un-padded through `ThumbFrame`.
 
 Malformed or out-of-range text is logged and skipped, never raised: a sentence the model
 got wrong must not cost the user the rest of the answer.
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BoxFrame = Literal["slide", "square"]
+# What a model config's `box_format` says: relative x0, y0, x1, y1 of the slide (OmniPath) or
+# of the padded square input (LLaVA-1.5 and its fine-tunes: their grounding data were
+# normalised to the expand2square image, haotian-liu/LLaVA issue 606).
+BOX_FORMAT_SLIDE = "rel_xyxy"
+BOX_FORMAT_SQUARE = "rel_xyxy_square"
 
 # Values this far outside 0–1 are taken as rounding and clipped; further out, the box is skipped.
 CLIP_TOLERANCE = 0.05
@@ -139,6 +144,11 @@ class Box:
             },
             "label": self.label,
         }
+
+
+def box_frame(box_format: str) -> BoxFrame:
+    """The frame of a config's `box_format` (BOX_FORMAT_SLIDE or BOX_FORMAT_SQUARE)."""
+    return "square" if box_format == BOX_FORMAT_SQUARE else "slide"
 
 
 def boxes_from_text(

@@ -89,7 +89,7 @@ def l0_to_rel(rect: L0Rect, l0_width: int, l0_height: int) -> RelBox:
 @dataclass(frozen=True)
 class ThumbFrame:
     """The square model input ("thumb" frame): the slide scaled uniformly to fit side×side,
-    CENTERED, padded with white (like LLaVA's expand2square)."""
+    CENTERED, padded (like LLaVA's expand2square; white unless the model asks for its colour)."""
 
     l0_width: int
     l0_height: int
@@ -173,16 +173,19 @@ class ThumbFrame:
             max(1, round(self.l0_height * self.scale)),
         )
 
-    def render(self, slide_thumbnail: Image.Image) -> Image.Image:
+    def render(
+        self, slide_thumbnail: Image.Image, fill: tuple[int, int, int] = (255, 255, 255)
+    ) -> Image.Image:
         """The side×side RGB model input: `slide_thumbnail` (any size, the whole slide)
-        resized to the content size and pasted centred on white."""
+        resized to the content size and pasted centred on `fill` (white by default; LLaVA
+        pads with its mean colour)."""
         from PIL import Image
 
         content_w, content_h = self.content_size()
         content = slide_thumbnail.convert("RGB")
         if content.size != (content_w, content_h):
             content = content.resize((content_w, content_h), Image.Resampling.BILINEAR)
-        square = Image.new("RGB", (self.side, self.side), (255, 255, 255))
+        square = Image.new("RGB", (self.side, self.side), fill)
         square.paste(content, ((self.side - content_w) // 2, (self.side - content_h) // 2))
         return square
 

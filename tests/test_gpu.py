@@ -19,14 +19,15 @@ def _lm_linear_classes(model) -> set[str]:
     }
 
 
-def test_fp16_on_cuda_answers_with_regions(synthetic_slide):
+def test_fp16_on_cuda_answers_with_regions(tissue_png):
     from omnipath.slide import open_slide
 
     loaded = load_model("tiny", LoadOptions(dtype="float16", device="cuda"))
     assert loaded.device.startswith("cuda") and loaded.dtype == "float16"
     assert next(loaded.model.parameters()).dtype == torch.float16
     engine = Engine(loaded.model, loaded.tokenizer, model_id="tiny", revision=None, demo=True)
-    with open_slide(synthetic_slide.path) as slide:
+    # a PNG: the offline GPU machine has no imagecodecs for the synthetic TIFF writer
+    with open_slide(tissue_png[0]) as slide:
         items = list(
             engine.answer(slide, [], "Where is the lesion?", AnswerOptions(s=4, max_new_tokens=8))
         )

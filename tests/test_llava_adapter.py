@@ -10,13 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from omnipath.boxes import BOX_FORMAT_SQUARE
 from omnipath.errors import CapabilityError, ModelLoadError
 from omnipath.model.llava_adapter import CLIP_MEAN, LlavaAdapter
 from omnipath.model.loading import LoadOptions, load_model
+from tests.tiny_llava import GRID, IMAGE_SIDE, PATCH, clip_vision_config
 
-IMAGE_SIDE = 32
-PATCH = 8
-GRID = IMAGE_SIDE // PATCH
 WORDS = "USER ASSISTANT : hello what is this slide tumor where".split()
 PROCESSOR_MEAN = [0.1, 0.2, 0.3]
 PROCESSOR_STD = [0.5, 0.4, 0.3]
@@ -41,17 +40,9 @@ def _tokenizer():
 
 
 def _llava_config(**overrides):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlamaConfig, LlavaConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=IMAGE_SIDE,
-        patch_size=PATCH,
-        projection_dim=16,
-    )
+    vision = clip_vision_config()
     # 64 wide: bitsandbytes' CPU 4-bit kernels need in_features that are multiples of 64.
     text = LlamaConfig(
         vocab_size=4 + len(WORDS),
@@ -125,6 +116,9 @@ def test_llava_folder_loads_as_adapter(loaded, llava_folder):
     assert loaded.model.grid == GRID
     assert loaded.model.num_image_tokens == GRID * GRID
     assert loaded.model.thumb_side == IMAGE_SIDE
+    # it sees the slide padded to a square, and writes boxes relative to that square
+    assert loaded.model.config.box_format == BOX_FORMAT_SQUARE
+    assert loaded.model.pad_fill is None  # CLIPImageProcessor does not pad: white, as before
 
 
 def test_adapter_uses_the_checkpoints_normalization(loaded):
@@ -297,25 +291,15 @@ def test_four_bit_llava_on_cpu_quantizes_the_llm_only(llava_folder):
     assert torch.isfinite(logits.float()).all()
 
 
-def test_engine_answers_with_pgdfc_on_the_adapter(loaded, tmp_path):
+def test_engine_answers_with_pgdfc_on_the_adapter(loaded, tissue_png):
     """The engine, unchanged, runs PGDFC on a stock LLaVA checkpoint: detail regions are
     chosen on tissue, and no masks are produced."""
     slide_module = pytest.importorskip("omnipath.slide")
     if not hasattr(slide_module, "open_slide"):
         pytest.skip("omnipath.slide.open_slide is not in this tree yet")
-    from PIL import Image, ImageDraw
-
     from omnipath.engine import Answer, AnswerOptions, Engine
 
-    width, height, tissue_right = 1200, 800, 500
-    image = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, tissue_right - 1, height - 1), fill=(225, 140, 185))
-    for i in range(0, tissue_right - 8, 12):
-        for j in range(0, height - 8, 12):
-            draw.ellipse((i, j, i + 6, j + 6), fill=(110, 50, 140))
-    path = tmp_path / "slide.png"
-    image.save(path)
+    path, tissue_right = tissue_png
 
     engine = Engine(
         loaded.model, loaded.tokenizer, model_id=loaded.model_id, revision=None, demo=False

@@ -1,9 +1,9 @@
 """Everything the chat needs, built in one place from the config: the viewer's services (slide
 registry, tiles), the engine (a loaded model), the session log (Store) and the upload folder.
 
-The chat's settings (model, model_dtype, quantization, device, model_is_demo, database_url,
-max_upload_bytes, log_file_names, max_concurrent_answers) are WebConfig fields: see
-web/config.py for their defaults, OMNIPATH_* variables and flags.
+The chat's settings (model, model_dtype, quantization, device, conversation, model_is_demo,
+database_url, max_upload_bytes, log_file_names, max_concurrent_answers) are WebConfig fields:
+see web/config.py for their defaults, OMNIPATH_* variables and flags.
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def build_engine(config: WebConfig) -> Any:
     loaded = load_model(
         config.model,
         LoadOptions(
-            dtype=config.model_dtype, quantization=config.quantization, device=config.device
+            dtype=config.model_dtype,
+            quantization=config.quantization,
+            device=config.device,
+            conversation=config.conversation,
         ),
     )
     return Engine(

@@ -54,6 +54,8 @@ class WebConfig:
     model_dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     quantization: str | None = None  # None | 4bit | 8bit
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Chat template for the model (original-LLaVA conversation names); None: the checkpoint's.
+    conversation: str | None = None
     # Whether the banner labels the model a demonstration; None: decided from the model id.
     model_is_demo: bool | None = None
     # SQLAlchemy URL of the session log; None: SQLite at <data_dir>/omnipath.db.
@@ -99,6 +101,8 @@ _SETTINGS: dict[str, str | None] = {
     "model_dtype": ", ".join(DTYPES),
     "quantization": "4bit or 8bit (default none)",
     "device": "auto (default), cpu, cuda or cuda:N",
+    "conversation": "chat template: vicuna_v1, llava_v1, mistral_instruct or llama_3 "
+    "(default: the checkpoint's own)",
     "model_is_demo": "true/false: label the model a demonstration (default: from the model id)",
     "database_url": "SQLAlchemy URL of the log",
     "max_upload_bytes": None,

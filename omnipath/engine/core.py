@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from omnipath import pgdfc
-from omnipath.boxes import boxes_from_text
+from omnipath.boxes import BOX_FORMAT_SLIDE, box_frame, boxes_from_text
 from omnipath.coords import L0Rect, ThumbFrame
 from omnipath.engine.details import DetailCache
 from omnipath.engine.masks import place_mask, region_map, region_sentence
@@ -408,9 +408,15 @@ class Engine:
 
         started = time.perf_counter()
         frame = ThumbFrame(int(slide.l0_width), int(slide.l0_height), side)
-        image = frame.render(slide.thumbnail(side))
+        thumbnail = slide.thumbnail(side)
+        image = frame.render(thumbnail)
         grid = self.model.grid
         tissue = np.asarray(tissue_fraction(image, (grid, grid)), dtype=np.float32)
+        # Tissue is measured on white padding (glass); the model gets its own padding colour
+        # (LLaVA's mean colour) when it has one.
+        fill = getattr(self.model, "pad_fill", None)
+        if fill is not None:
+            image = frame.render(thumbnail, fill=tuple(fill))
         return _Look(frame, image, tissue, seconds=time.perf_counter() - started)
 
     def _tissue_cells(self, look: _Look) -> np.ndarray:
@@ -655,12 +661,12 @@ class Engine:
     ) -> Answer:
         """Boxes from the text, masks from the `<mask>` states, total time."""
         frame = thumb.frame
-        box_format = str(getattr(self.model.config, "box_format", "rel_xyxy"))
+        box_format = str(getattr(self.model.config, "box_format", None) or BOX_FORMAT_SLIDE)
         answer.boxes = boxes_from_text(
             answer.text,
             l0_width=frame.l0_width,
             l0_height=frame.l0_height,
-            frame="square" if "square" in box_format else "slide",
+            frame=box_frame(box_format),
             thumb_frame=frame,
         )
         if mask_hidden:

@@ -24,6 +24,7 @@ import math
 from transformers import AutoConfig, LlamaConfig, PreTrainedConfig, SiglipVisionConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from omnipath.boxes import BOX_FORMAT_SLIDE
 from omnipath.errors import ModelInputError, TokenCountError  # noqa: F401  (re-exported)
 
 
@@ -199,7 +200,7 @@ class OmniPathConfig(PreTrainedConfig):
     image_token: str = "<image>"
     mask_token: str = "<mask>"
     thumb_side: int | None = None
-    box_format: str = "rel_xyxy"
+    box_format: str = BOX_FORMAT_SLIDE
     box_decimals: int = 3
     tie_word_embeddings: bool = False
 

@@ -11,7 +11,15 @@ CapabilityError: LLaVA has no mask modules.
 Images follow the checkpoint's own recipe: resized (bicubic) to the tower's `image_size`,
 normalized with the processor's mean/std (CLIP's when the checkpoint has no processor config),
 features from `vision_feature_layer` (one index or a list, concatenated on channels), the CLS
-token dropped under the "default" select strategy, then the 2-layer projector.
+token dropped under the "default" select strategy, then the projector. The engine pads the
+slide to a square itself; `pad_fill` tells it the colour: the mean colour int(255·mean) when
+the checkpoint pads that way (original LLaVA's image_aspect_ratio "pad", a processor with
+`do_pad`), else None (white).
+
+Boxes: the model sees the padded square, and LLaVA-1.5's grounding data (Visual Genome,
+RefCOCO) normalise boxes to that square (haotian-liu/LLaVA issue 606), so the adapter
+declares the square frame (`boxes.BOX_FORMAT_SQUARE`); the engine un-pads them onto the
+slide.
 """
 
 from __future__ import annotations
@@ -19,12 +27,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnipath.boxes import BOX_FORMAT_SQUARE
 from omnipath.errors import CapabilityError, ModelLoadError
 
 # transformers.utils.constants.OPENAI_CLIP_MEAN / _STD (what LLaVA-1.5's processor uses).
@@ -45,7 +55,8 @@ class LlavaAdapter(nn.Module):
 
     Attributes: `llava` (the wrapped model, its only registered submodule), `config` (the
     checkpoint's LlavaConfig, given `mask_token_id = None`, a `pgdfc_config` and the box
-    settings the engine reads), `image_mean` / `image_std` (3 floats each).
+    settings the engine reads), `image_mean` / `image_std` (3 floats each), `pad_fill` (the
+    RGB the engine pads the square thumbnail with, None for white).
     """
 
     supports_masks = False
@@ -56,6 +67,7 @@ class LlavaAdapter(nn.Module):
         *,
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
+        pad: bool = False,
     ) -> None:
         super().__init__()
         self.llava = llava
@@ -70,6 +82,7 @@ class LlavaAdapter(nn.Module):
                 "The checkpoint's image processor has an unusable mean/std "
                 f"({self.image_mean}, {self.image_std}); expected 3 values each, std > 0."
             )
+        self.pad_fill = mean_fill(self.image_mean) if pad else None
         _add_omnipath_settings(self.config, self._grid)
         # A causal-LM object sharing the LLaVA decoder and lm_head (not registered as a
         # submodule: its parameters are llava's and must not be counted or saved twice).
@@ -136,7 +149,7 @@ class LlavaAdapter(nn.Module):
             )
         if images.ndim == 4 and images.shape[0] == 0:
             hidden = self.config.text_config.hidden_size
-            weight = self.llava.model.multi_modal_projector.linear_2.weight
+            weight = self.llava.model.multi_modal_projector.linear_1.weight
             return weight.new_zeros((0, p * p, hidden))
         features = self._vision_features(images)  # S×N×C
         s, _, c = features.shape
@@ -185,8 +198,11 @@ class LlavaAdapter(nn.Module):
     # --- text ---------------------------------------------------------------------------------
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """B×L token ids → B×L×D_llm input embeddings."""
-        return self.llava.get_input_embeddings()(input_ids)
+        """B×L token ids → B×L×D_llm input embeddings. Image placeholders are embedded as id 0
+        (merge_embeddings replaces them): the `<image>` id that the loader adds to an original
+        LLaVA tokenizer lies past the embedding table, like the original's -200."""
+        placeholders = input_ids == self.config.image_token_id
+        return self.llava.get_input_embeddings()(input_ids.masked_fill(placeholders, 0))
 
     def merge_embeddings(
         self,
@@ -297,7 +313,7 @@ def _add_omnipath_settings(config: Any, grid: int) -> None:
         # The paper pools 27×27 SigLIP maps to 9×9 per detail patch; keep that ratio (g/3).
         side = max(1, grid // 3)
         config.pgdfc_config = OmniPathPgdfcConfig(tokens_per_patch=side * side)
-    config.box_format = getattr(config, "box_format", None) or "rel_xyxy"
+    config.box_format = getattr(config, "box_format", None) or BOX_FORMAT_SQUARE
     config.box_decimals = getattr(config, "box_decimals", None) or 3
 
 
@@ -338,14 +354,34 @@ def _causal_lm_view(llava: nn.Module) -> nn.Module:
     return shell
 
 
-def image_normalization(folder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(image_mean, image_std) from a checkpoint folder's image-processor config (old
-    preprocessor_config.json or transformers 5's processor_config.json); CLIP's values when
-    the folder has none (LLaVA-1.5 was trained with them)."""
+def mean_fill(image_mean: Sequence[float]) -> tuple[int, int, int]:
+    """The padding colour of LLaVA's expand2square (and transformers' LlavaImageProcessor
+    with do_pad): int(255·mean) per channel."""
+    red, green, blue = (int(255 * value) for value in image_mean)
+    return red, green, blue
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """A checkpoint's image preprocessing: `mean`/`std` (3 floats each) and `pad` (whether it
+    pads to a square of the mean colour)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pad: bool
+
+
+def image_recipe(folder: str) -> ImageRecipe:
+    """The image recipe from a folder's image-processor config (old preprocessor_config.json
+    or transformers 5's processor_config.json): its mean/std, and `do_pad`. CLIP's values and
+    no padding when the folder has none (LLaVA-1.5 was trained with CLIP's)."""
     from transformers import AutoImageProcessor
 
     try:
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        return tuple(processor.image_mean), tuple(processor.image_std)
+        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
-        return CLIP_MEAN, CLIP_STD
+        return ImageRecipe(CLIP_MEAN, CLIP_STD, pad=False)
+    # do_pad means "pad to a square of the mean colour" on LLaVA's own processor only.
+    pads = type(processor).__name__.startswith("LlavaImageProcessor")
+    return ImageRecipe(mean, std, pad=pads and bool(getattr(processor, "do_pad", False)))

@@ -4,7 +4,14 @@
 `save_pretrained` format, or a hub id (see hub.py for the cache-first, fail-fast hub logic).
 The folder's config.json says what it is: `model_type` "omnipath" loads
 `OmniPathForConditionalGeneration`; "llava" (stock transformers LLaVA-1.5) loads
-`LlavaForConditionalGeneration` wrapped in `LlavaAdapter`.
+`LlavaForConditionalGeneration` wrapped in `LlavaAdapter`; an original-LLaVA checkpoint
+(haotian-liu's format: LLaVA-1.5, Quilt-LLaVA, LLaVA-Med; see original_llava.py) is read into
+a `LlavaForConditionalGeneration` and wrapped the same way.
+
+Chat template (`LoadOptions.conversation`): a named original-LLaVA conversation (see
+conversation.py) replaces the tokenizer's template when given; otherwise the tokenizer's own
+is kept, and an original-LLaVA checkpoint without one gets the conversation it was trained
+with.
 
 Precision (`plan_load`):
 - dtype "auto": float16 on CUDA, float32 on a CPU; with 4-/8-bit quantization the modules
@@ -25,6 +32,7 @@ with whatever it had before.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import gc
 import hashlib
@@ -50,7 +58,7 @@ from omnipath.model.hub import ResolvedCheckpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["omnipath", "llava", "tiny"]
+ModelKind = Literal["omnipath", "llava", "llava_original", "tiny"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -76,12 +84,15 @@ class LoadOutOfMemoryError(ModelLoadError, DeviceOutOfMemoryError):
 class LoadOptions:
     """How to load. dtype: "auto" | "float32" | "bfloat16" | "float16"; quantization:
     None | "4bit" | "8bit"; device: "auto" | "cpu" | "cuda" | "cuda:N"; attn_implementation:
-    "auto" | "sdpa" | "eager" | "flash_attention_2"."""
+    "auto" | "sdpa" | "eager" | "flash_attention_2"; conversation: None (the checkpoint's) or
+    one of conversation.CONVERSATIONS ("vicuna_v1", "llava_v1", "mistral_instruct",
+    "llama_3")."""
 
     dtype: str = "auto"
     quantization: str | None = None
     device: str = "auto"
     attn_implementation: str = "auto"
+    conversation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,10 @@ class LoadPlan:
     quantization: str | None
     attn_implementation: str
 
+    def unquantized(self) -> LoadPlan:
+        """The same plan without quantization (for the parts that stay 16-bit)."""
+        return dataclasses.replace(self, quantization=None)
+
 
 @dataclass
 class LoadedModel:
@@ -103,7 +118,9 @@ class LoadedModel:
     `model_id`: "tiny", the folder as given, or the hub id. `revision`: commit hash or None.
     `dtype`: name of the unquantized weights' dtype ("float32", ...). `device`: "cpu",
     "cuda", "cuda:N". `quantization`: None, "4bit" or "8bit". `kind`: "omnipath" | "llava" |
-    "tiny". `attn_implementation`: what the LLM runs ("sdpa", "flash_attention_2", "eager").
+    "llava_original" | "tiny". `attn_implementation`: what the LLM runs ("sdpa",
+    "flash_attention_2", "eager"). `conversation`: the named conversation template the
+    tokenizer was given, or None when it keeps its own.
     """
 
     model: Any
@@ -115,6 +132,7 @@ class LoadedModel:
     quantization: str | None
     kind: ModelKind
     attn_implementation: str = "sdpa"
+    conversation: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -133,17 +151,26 @@ def load_model(source: str, options: LoadOptions | None = None) -> LoadedModel:
     out of memory; memory freed), ModelLoadError (anything else: a broken or unsupported
     checkpoint). Every message is a sentence a person can act on.
     """
+    from omnipath.model.conversation import choose_conversation, conversation_template
+
     options = options or LoadOptions()
     plan = plan_load(options)
+    if options.conversation is not None:
+        conversation_template(options.conversation)  # an unknown name fails before loading
     if source == "tiny":
-        return _guard_memory(lambda: _load_tiny(plan), "tiny", plan)
-    if source in MINI_SOURCES:
-        return _guard_memory(lambda: _load_mini(plan), "omnipath-mini", plan)
-    checkpoint = resolve_checkpoint(source)
-    kind = checkpoint_kind(checkpoint.folder)
-    return _guard_memory(
-        lambda: _load_checkpoint(checkpoint, kind, plan), checkpoint.model_id, plan
+        loaded = _guard_memory(lambda: _load_tiny(plan), "tiny", plan)
+    elif source in MINI_SOURCES:
+        loaded = _guard_memory(lambda: _load_mini(plan), "omnipath-mini", plan)
+    else:
+        checkpoint = resolve_checkpoint(source)
+        kind = checkpoint_kind(checkpoint.folder)
+        loaded = _guard_memory(
+            lambda: _load_checkpoint(checkpoint, kind, plan), checkpoint.model_id, plan
+        )
+    loaded.conversation = (
+        choose_conversation(loaded.tokenizer, options.conversation, None) or loaded.conversation
     )
+    return loaded
 
 
 # --- choices ----------------------------------------------------------------------------------------
@@ -356,24 +383,32 @@ def llm_only_skip_modules(model_class: type, config: Any) -> list[str]:
 # --- loading --------------------------------------------------------------------------------------
 
 
-def checkpoint_kind(folder: Path) -> Literal["omnipath", "llava"]:
-    """The checkpoint's kind ("omnipath" or "llava") from config.json's model_type;
-    ModelLoadError for anything else."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"The config.json in '{folder}' cannot be read; the checkpoint is damaged.",
-            detail=repr(error),
-        ) from error
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+def checkpoint_kind(folder: Path) -> Literal["omnipath", "llava", "llava_original"]:
+    """The checkpoint's kind from config.json: "llava_original" for the original LLaVA format
+    (its architectures and mm_vision_tower, never model_type alone: "llava" is also
+    transformers' own), else "omnipath" or "llava" from model_type; ModelLoadError for
+    anything else."""
+    from omnipath.model.original_llava import (
+        OriginalLlavaSpec,
+        is_original_llava,
+        llava_architectures,
+        read_config,
+    )
+
+    config = read_config(folder)
+    if is_original_llava(config):
+        return "llava_original"
+    if llava_architectures(config):  # the original classes without mm_vision_tower
+        OriginalLlavaSpec.from_config(config, str(folder))  # raises the sentence
+    model_type = config.get("model_type")
     if model_type == "omnipath":
         return "omnipath"
     if model_type == "llava":
         return "llava"
     raise ModelLoadError(
         f"The checkpoint in '{folder}' is a '{model_type}' model; OmniPath loads OmniPath "
-        "checkpoints and stock transformers LLaVA ('llava') checkpoints."
+        "checkpoints, transformers LLaVA ('llava') checkpoints and original LLaVA checkpoints "
+        "(LLaVA-1.5, Quilt-LLaVA, LLaVA-Med)."
     )
 
 
@@ -431,41 +466,87 @@ def _omnipath_class() -> type:
 
 
 def _load_checkpoint(checkpoint: ResolvedCheckpoint, kind: str, plan: LoadPlan) -> LoadedModel:
-    folder = checkpoint.folder
-    if kind == "llava":
+    from omnipath.model.llava_adapter import LlavaAdapter, image_recipe
+
+    folder, model_id = checkpoint.folder, checkpoint.model_id
+    conversation = None
+    if kind == "llava_original":
+        from omnipath.model.conversation import checkpoint_conversation, choose_conversation
+        from omnipath.model.original_llava import load_original_llava
+
+        original = load_original_llava(folder, model_id, plan)
+        model: nn.Module = LlavaAdapter(
+            original.llava,
+            image_mean=original.image_mean,
+            image_std=original.image_std,
+            pad=original.spec.pad,
+        ).eval()
+        tokenizer = original.tokenizer
+        fallback = checkpoint_conversation(original.spec.config, [model_id])
+        conversation = choose_conversation(tokenizer, None, fallback)
+    elif kind == "llava":
         from transformers import LlavaForConditionalGeneration
 
-        from omnipath.model.llava_adapter import LlavaAdapter, image_normalization
-
         llava = _from_pretrained(LlavaForConditionalGeneration, folder, plan)
-        mean, std = image_normalization(str(folder))
-        model: nn.Module = LlavaAdapter(llava, image_mean=mean, image_std=std).eval()
+        recipe = image_recipe(str(folder))
+        model = LlavaAdapter(
+            llava, image_mean=recipe.mean, image_std=recipe.std, pad=recipe.pad
+        ).eval()
+        tokenizer = _load_tokenizer(folder, model_id)
     else:
         model = _from_pretrained(_omnipath_class(), folder, plan)
-    tokenizer = _load_tokenizer(folder, checkpoint.model_id)
-    _check_image_token(model, tokenizer, checkpoint.model_id)
-    return _loaded(model, tokenizer, checkpoint.model_id, checkpoint.revision, plan, kind)
+        tokenizer = _load_tokenizer(folder, model_id)
+    _check_image_token(model, tokenizer, model_id)
+    loaded = _loaded(model, tokenizer, model_id, checkpoint.revision, plan, kind)
+    loaded.conversation = conversation
+    return loaded
 
 
-def _from_pretrained(model_class: Any, folder: Path, plan: LoadPlan) -> nn.Module:
+def _from_pretrained(
+    model_class: Any,
+    folder: Path,
+    plan: LoadPlan,
+    *,
+    config: Any = None,
+    skip_modules: list[str] | None = None,
+    complete: bool = False,
+) -> nn.Module:
     """`model_class.from_pretrained(folder)` in the plan's dtype, device, attention and
-    quantization (LLM only). Files are local by now: never touches the network."""
+    quantization (LLM only). Files are local by now: never touches the network.
+
+    `config`: use it instead of the folder's config.json; `skip_modules`: what quantization
+    leaves alone (default: everything outside the LLM decoder, `llm_only_skip_modules`);
+    `complete`: a weight of the model missing from the files is a ModelLoadError (instead of
+    transformers' random initialisation)."""
     kwargs: dict[str, Any] = {
         "dtype": plan.dtype,
         "attn_implementation": plan.attn_implementation,
         "local_files_only": True,
     }
+    if config is not None:
+        kwargs["config"] = config
     if plan.quantization == "8bit":
         _quiet_int8_cast_warning()
     if plan.quantization is not None:
-        config = model_class.config_class.from_pretrained(folder, local_files_only=True)
-        skip = llm_only_skip_modules(model_class, config)
-        kwargs["quantization_config"] = quantization_config(plan.quantization, plan.dtype, skip)
+        if skip_modules is None:
+            shape = config or model_class.config_class.from_pretrained(
+                folder, local_files_only=True
+            )
+            skip_modules = llm_only_skip_modules(model_class, shape)
+        kwargs["quantization_config"] = quantization_config(
+            plan.quantization, plan.dtype, skip_modules
+        )
         kwargs["device_map"] = {"": _device_map_target(plan.device)}
     elif plan.device != "cpu":
         # straight to the GPU, no CPU copy of the weights
         kwargs["device_map"] = {"": _device_map_target(plan.device)}
-    model = model_class.from_pretrained(folder, **kwargs)
+    model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    if complete and missing:
+        raise ModelLoadError(
+            f"The weights in '{folder}' lack {len(missing)} of the {type(model).__name__}'s "
+            f"tensors ({', '.join(missing[:3])}); the files are incomplete or of another model."
+        )
     return model.eval()
 
 
@@ -491,11 +572,14 @@ def _device_map_target(device: str) -> str:
     return device
 
 
-def _load_tokenizer(folder: Path, model_id: str) -> Any:
+def _load_tokenizer(folder: Path, model_id: str, *, config: Any = None) -> Any:
+    """The tokenizer next to the weights; `config`: the model's, when its config.json is not
+    one transformers reads (original LLaVA's)."""
     from transformers import AutoTokenizer
 
+    extra = {} if config is None else {"config": config}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelLoadError(
             f"The model '{model_id}' has no usable tokenizer files next to its weights; save "
