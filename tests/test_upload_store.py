@@ -211,3 +211,28 @@ def test_overview_is_the_smallest_level_shrunk_to_fit(synthetic_slide) -> None:
         assert slide.thumbnail(512).size == (512, 384)  # the exact, cached thumbnail unchanged
         with pytest.raises(ValueError):
             slide.overview(0)
+
+
+def test_through_gradio_nothing_stays_in_its_upload_folder(
+    gradio_dir, synthetic_slide, tmp_path: Path
+) -> None:
+    """The real server: Gradio receives each file into GRADIO_TEMP_DIR; the accepted one is
+    moved into the store, the refused one deleted."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from tests.live_server import require_viewer_assets, serving_app
+
+    require_viewer_assets()
+    notes = tmp_path / "notes.svs"
+    notes.write_text("patient notes, not pixels\n" * 40)
+    with serving_app(tmp_path / "app") as (url, services):
+        client = Client(url, verbose=False)
+        uploaded = client.predict(handle_file(str(synthetic_slide.path)), api_name="/upload")
+        with pytest.raises(AppError, match="not a slide"):
+            client.predict(handle_file(str(notes)), api_name="/upload")
+        stored = _store_contents(services)
+    assert stored == [f"{uploaded['slide_id']}.tiff"]
+    received = [p for p in gradio_dir.rglob("*") if p.is_file() and p.stat().st_size]
+    assert received == []  # (Gradio leaves empty temporary files of its own there)
+    assert synthetic_slide.path.is_file() and notes.is_file()  # the client's own files
