@@ -245,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
 
     slide = ensure_big_slide(args.cache_dir, int(args.min_gb * GB))
     work = Path(tempfile.mkdtemp(prefix="omnipath-bench-app-", dir=args.cache_dir))
-    copy_s = plain_copy_s(slide, work)
     port = _free_port()
-    server = start_server(port, work / "data", args.model)
+    try:
+        copy_s = plain_copy_s(slide, work)
+        server = start_server(port, work / "data", args.model)
+    except BaseException:  # no server to stop, but the scratch folder goes
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     base_url = f"http://127.0.0.1:{port}/"
     try:
         client = Client(base_url, verbose=False)
