@@ -2,12 +2,14 @@
 answer, and the throughput of 8 concurrent conversations relative to one.
 
     .venv/bin/python bench/app.py [--cache-dir data/bench] [--model tiny] [--concurrency 8]
+    .venv/bin/python bench/app.py --upload-only
 
 The real server (`python -m web`, its own process, so the client does not share its
 CPU time) is driven through gradio_client, as a program or the browser would:
 - upload: the named /upload endpoint with a synthetic JPEG slide of at least 1 GB (generated
   once into the cache dir, then reused), then the DZI descriptor and every tile of the level a
-  viewer shows first (the whole slide in about 1000 px): "viewer ready";
+  viewer shows first (the whole slide in about 1000 px): "viewer ready"; beside it, as a ratio,
+  one plain copy of the file on the same disk (--upload-only stops after this figure);
 - answers: /ask streamed; the first text update is the first token, the final update the
   whole answer (median of several questions);
 - concurrency: one conversation asking N questions in a row, then C conversations asking N
@@ -125,12 +127,53 @@ def bench_upload(client, base_url: str, slide: Path) -> dict:
     for level, col, row in tiles:
         _get(f"{base_url}slides/{slide_id}_files/{level}/{col}_{row}.jpeg")
     ready = time.perf_counter()
+    receive_s = bench_receive(client, slide)  # after: the same warm page cache for both
     return {
         "conversation_id": result["conversation_id"],
+        "receive_s": receive_s,
         "upload_s": uploaded - start,
         "ready_s": ready - start,
         "tiles": len(tiles),
     }
+
+
+def bench_receive(client, slide: Path) -> float:
+    """Seconds Gradio alone takes to receive the file: the bare POST to its upload route that
+    gradio_client makes before /upload runs. The copy it received is deleted."""
+    import httpx
+
+    start = time.perf_counter()
+    with open(slide, "rb") as handle:
+        files = [("files", (slide.name, handle))]
+        response = httpx.post(client.upload_url, files=files, timeout=600)
+    elapsed = time.perf_counter() - start
+    response.raise_for_status()
+    for received in response.json():
+        Path(received).unlink(missing_ok=True)
+    return elapsed
+
+
+def plain_copy_s(slide: Path, folder: Path) -> float:
+    """Seconds for one plain copy of the slide on the server's disk: the baseline of the upload
+    figure (receiving an upload writes the bytes once at least)."""
+    copy = folder / "plain-copy"
+    start = time.perf_counter()
+    shutil.copyfile(slide, copy)
+    elapsed = time.perf_counter() - start
+    copy.unlink()
+    return elapsed
+
+
+def upload_report(upload: dict, size: int, copy_s: float) -> str:
+    return (
+        f"upload → viewer ready: {upload['ready_s']:.1f} s "
+        f"(upload + hash + store + thumbnail {upload['upload_s']:.1f} s, of which Gradio "
+        f"receiving the file alone takes {upload['receive_s']:.1f} s, "
+        f"then the DZI and {upload['tiles']} first-view tiles "
+        f"{upload['ready_s'] - upload['upload_s']:.1f} s); "
+        f"{size / GB / upload['ready_s']:.2f} GB/s; a plain copy of the file: {copy_s:.1f} s; "
+        f"ratio upload → viewer ready / plain copy = {upload['ready_s'] / copy_s:.2f}×"
+    )
 
 
 def ask_once(client, conversation_id: str, question: str, s: int, max_new_tokens: int) -> dict:
@@ -193,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=5, help="for time to first token")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--per-conversation", type=int, default=3)
+    parser.add_argument(
+        "--upload-only", action="store_true", help="only the upload → viewer ready figure"
+    )
     args = parser.parse_args(argv)
 
     from gradio_client import Client
@@ -200,12 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     slide = ensure_big_slide(args.cache_dir, int(args.min_gb * GB))
     work = Path(tempfile.mkdtemp(prefix="omnipath-bench-app-", dir=args.cache_dir))
     port = _free_port()
-    server = start_server(port, work / "data", args.model)
+    try:
+        copy_s = plain_copy_s(slide, work)
+        server = start_server(port, work / "data", args.model)
+    except BaseException:  # no server to stop, but the scratch folder goes
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     base_url = f"http://127.0.0.1:{port}/"
     try:
         client = Client(base_url, verbose=False)
         size = slide.stat().st_size
         upload = bench_upload(client, base_url, slide)
+        upload_figures = {
+            "slide_gb": round(size / GB, 3), "upload_to_viewer_ready_s": round(upload["ready_s"], 2),
+            "receive_s": round(upload["receive_s"], 2), "plain_copy_s": round(copy_s, 2),
+            "upload_ratio": round(upload["ready_s"] / copy_s, 3),
+        }  # fmt: skip
+        if args.upload_only:
+            print(f"\n{os.cpu_count()} CPU cores, server in its own process")
+            print(f"slide: {slide.name}, {size / GB:.2f} GB")
+            print(upload_report(upload, size, copy_s))
+            print(json.dumps(upload_figures))
+            return 0
         conversation = upload["conversation_id"]
 
         ask_once(client, conversation, "Warm-up question.", args.s, args.max_new_tokens)
@@ -246,12 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.cpu_count()} CPU cores, server in its own process"
         )
         print(f"slide: {slide.name}, {size / GB:.2f} GB")
-        print(
-            f"upload → viewer ready: {upload['ready_s']:.1f} s "
-            f"(upload + hash + store + thumbnail {upload['upload_s']:.1f} s, "
-            f"then the DZI and {upload['tiles']} first-view tiles); "
-            f"{size / GB / upload['ready_s']:.2f} GB/s"
-        )
+        print(upload_report(upload, size, copy_s))
         print(
             f"time to first token: {ttft:.2f} s, whole answer: {total:.2f} s "
             f"(median of {len(runs)}, {tokens:.0f} tokens); "
@@ -267,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"ratio {args.concurrency} concurrent / 1 = {throughput_c / throughput_1:.2f}×")
         print(json.dumps({
-            "slide_gb": round(size / GB, 3), "upload_to_viewer_ready_s": round(upload["ready_s"], 2),
-            "ttft_s": round(ttft, 3), "answer_s": round(total, 3),
+            **upload_figures, "ttft_s": round(ttft, 3), "answer_s": round(total, 3),
             "throughput_1": round(throughput_1, 3), "throughput_c": round(throughput_c, 3),
             "concurrency": args.concurrency, "ratio": round(throughput_c / throughput_1, 3),
         }))  # fmt: skip

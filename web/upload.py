@@ -1,16 +1,22 @@
-"""Taking an uploaded slide: size check, content hash, copy into the slide store, a first
-thumbnail (does it decode?), its row, and a new conversation about it. Plain functions over
-ChatServices, like web/handlers.py; errors are typed and carry a sentence."""
+"""Taking an uploaded slide: size check, one pass that stores and hashes it, a first look at
+its smallest pyramid level (does it decode?), its row, and a new conversation about it. Plain
+functions over ChatServices, like web/handlers.py; errors are typed and carry a sentence.
+
+Nothing of a refused upload stays behind: not the stored file, not what opening it created
+beside it (SQLite's -wal/-shm, a MIRAX zip's extracted folder), not its registry entry, and
+not Gradio's received copy."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omnipath.errors import NotFoundError, SlideError, UploadTooLargeError
+from omnipath.errors import EmptySlideError, NotFoundError, OmniPathError, UploadTooLargeError
 from omnipath.slide import content_hash
 from web.chat_services import ChatServices
 from web.handlers import empty_layers
@@ -18,31 +24,40 @@ from web.viewer_component import viewer_state
 
 # progress(fraction 0..1, description) — gr.Progress fits, so does a test's list.append.
 ProgressFn = Callable[[float, str], None]
-_CHUNK = 8 * 1024 * 1024
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
-# The side of the thumbnail made at upload (checks that the slide decodes; cached by the slide).
+# The longest side of the look at the slide taken at upload (its smallest level, at most this).
 UPLOAD_THUMBNAIL_SIDE = 512
+STORED_FRACTION = 0.8  # of the progress bar: storing and hashing; the rest is the first look
 
 
 def _no_progress(fraction: float, description: str) -> None:
     pass
 
 
-def _store_copy(source: Path, target: Path, size: int, progress: ProgressFn) -> None:
-    """Put the upload at `target`: a hard link when on the same disk (instant), else a copy
-    written under a temporary name and renamed, so a half-copied file is never used."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    try:
-        os.link(source, partial)
-    except OSError:
-        done = 0
-        with open(source, "rb") as src, open(partial, "wb") as dst:
-            while chunk := src.read(_CHUNK):
-                dst.write(chunk)
-                done += len(chunk)
-                progress(0.5 + 0.3 * done / max(size, 1), "Copying the slide")
-    partial.replace(target)
+def gradio_upload_dir() -> Path:
+    """The folder where Gradio puts the files it receives (GRADIO_TEMP_DIR or its default)."""
+    from gradio.utils import get_upload_folder  # late: no Gradio needed to import this module
+
+    return Path(get_upload_folder()).resolve()
+
+
+def _received_by_gradio(path: Path) -> bool:
+    """True when `path` is a file Gradio received for this upload (inside its upload folder):
+    then the upload owns it, moves it into the store and deletes it when refused. A file
+    anywhere else (a --slide from the command line, a test fixture) is only ever read."""
+    folder = gradio_upload_dir()
+    resolved = path.resolve()
+    return resolved != folder and resolved.is_relative_to(folder)
+
+
+def _drop_received(path: Path) -> None:
+    """Delete Gradio's received file and the folder Gradio made for it, if now empty."""
+    path.unlink(missing_ok=True)
+    if path.parent != gradio_upload_dir():
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass  # not empty: another upload of the same bytes
 
 
 def _stored_name(slide_id: str, file_name: str | None) -> str:
@@ -52,6 +67,57 @@ def _stored_name(slide_id: str, file_name: str | None) -> str:
     return slide_id + (suffix if _SUFFIX.fullmatch(suffix) else "")
 
 
+def _store(
+    source: Path, store_dir: Path, file_name: str, size: int, progress: ProgressFn, move: bool
+) -> tuple[Path, str, bool]:
+    """Put the upload in the store as `<sha256><suffix>` with one pass over its bytes: moved
+    (a rename) and hashed when `move` and on the same disk, else copied and hashed at once
+    into a temporary name. Returns (stored path, slide id, whether this call created it);
+    when those bytes are already stored the new copy is dropped."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    partial = store_dir / f".{uuid.uuid4().hex}.partial"  # never a slide id: ids are hex only
+
+    def hashed(done: int) -> None:
+        progress(STORED_FRACTION * done / size, "Storing the slide")
+
+    try:
+        progress(0.0, "Storing the slide")
+        if move and _renamed(source, partial):
+            slide_id = content_hash(partial, hashed)
+        else:
+            slide_id = content_hash(source, hashed, copy_to=partial)
+        target = store_dir / _stored_name(slide_id, file_name)
+        if target.is_file():
+            return target, slide_id, False
+        partial.replace(target)
+        return target, slide_id, True
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _renamed(source: Path, target: Path) -> bool:
+    """os.replace(source, target); False when it cannot be (another disk: then copy)."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_stored(target: Path) -> None:
+    """Delete a stored file and whatever opening it made beside it, named after it: SQLite's
+    `-wal`/`-shm`/`-journal`, a zip's `.extracted` folder (`<hash>.tif` never matches
+    `<hash>.tiff`: a sibling's name continues with '-' or '.')."""
+    target.unlink(missing_ok=True)
+    for sibling in target.parent.iterdir():
+        rest = sibling.name[len(target.name) :]
+        if sibling.name.startswith(target.name) and rest[:1] in ("-", "."):
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+
+
 def upload_slide(
     services: ChatServices,
     path: str | os.PathLike[str],
@@ -59,14 +125,34 @@ def upload_slide(
     file_name: str | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Take an uploaded file: size check (before anything is read), hash, copy into the slide
-    store, open it and make a thumbnail, record it, and start a new conversation about it.
+    """Take an uploaded file: size check (before anything is read), store and hash it in one
+    pass, open it and look at its smallest level, record it, and start a new conversation.
+    A file Gradio received is moved into the store (deleted if refused); any other file is
+    copied and left where it is.
 
     Returns {slide_id, conversation_id, meta (SlideMeta dict), viewer_state (JSON string)}.
     Raises UploadTooLargeError, NotFoundError (no file), SlideError subclasses (not a slide,
-    damaged, ...)."""
-    progress = progress or _no_progress
+    damaged, ...), storage's DatabaseError (the log cannot record it now)."""
     source = Path(path)
+    received = _received_by_gradio(source)
+    if received:  # ours: moved into the store, or deleted when refused
+        source = source.resolve()
+    try:
+        return _take(services, source, file_name, progress, move=received)
+    finally:
+        if received:
+            _drop_received(source)
+
+
+def _take(
+    services: ChatServices,
+    source: Path,
+    file_name: str | None,
+    progress: ProgressFn | None,
+    *,
+    move: bool,
+) -> dict[str, Any]:
+    progress = progress or _no_progress
     if not source.is_file():
         raise NotFoundError("The uploaded file did not arrive; please upload it again.")
     size = source.stat().st_size
@@ -78,35 +164,32 @@ def upload_slide(
             detail=f"{size} > {limit}",
         )
     if size == 0:
-        from omnipath.errors import EmptySlideError
-
         raise EmptySlideError("The uploaded file is empty.")
-    progress(0.0, "Hashing the slide")
-    slide_id = content_hash(source, lambda done: progress(0.5 * done / size, "Hashing the slide"))
-    target = services.settings.uploads_dir / _stored_name(slide_id, file_name or source.name)
-    created = False
-    if not target.is_file():
-        progress(0.5, "Copying the slide")
-        _store_copy(source, target, size, progress)
-        created = True
-    progress(0.8, "Making the thumbnail")
+    target, slide_id, created = _store(
+        source, services.settings.uploads_dir, file_name or source.name, size, progress, move
+    )
+    progress(STORED_FRACTION, "Making the thumbnail")
     registry = services.registry
+    before = registry.path_of(slide_id) if registry.is_registered(slide_id) else None
     registry.register(target, slide_id=slide_id)
     try:
         with registry.lease(slide_id) as opened:
-            opened.slide.thumbnail(UPLOAD_THUMBNAIL_SIDE)
+            opened.slide.overview(UPLOAD_THUMBNAIL_SIDE)
             info = opened.slide.info
-    except SlideError:
-        registry.forget(slide_id)
+        services.store.record_slide_info(
+            slide_id, info, size_bytes=size, stored_path=target, file_name=file_name
+        )
+        conversation_id = services.store.start_conversation(
+            slide_id, services.engine.info.get("model_id")
+        )
+    except OmniPathError:
+        registry.forget(slide_id)  # close it: a file that failed may be removed next
         if created:
-            target.unlink(missing_ok=True)
+            registry.unregister(slide_id)
+            _remove_stored(target)
+            if before is not None:  # the same bytes known from elsewhere stay known
+                registry.register(before, slide_id=slide_id)
         raise
-    services.store.record_slide_info(
-        slide_id, info, size_bytes=size, stored_path=target, file_name=file_name
-    )
-    conversation_id = services.store.start_conversation(
-        slide_id, services.engine.info.get("model_id")
-    )
     meta = services.web.tiles.meta(slide_id).to_dict()
     progress(1.0, "Ready")
     return {

@@ -321,6 +321,25 @@ class Slide:
                 best = level
         return best
 
+    def _check_read_size(self, level_w: int, level_h: int, *, detail: str) -> None:
+        """SlideTooLargeError when one read of level_w × level_h pixels exceeds the limits."""
+        if level_w * level_h > self.limits.max_read_pixels:
+            raise SlideTooLargeError(
+                f"Reading this region needs {level_w}×{level_h} pixels at once, more than the "
+                f"{self.limits.max_read_pixels / 1e6:.0f} million this server allows; ask for "
+                "a smaller region or a smaller output.",
+                detail=detail,
+            )
+
+    def _read_rgb(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> Image.Image:
+        """RGB read of one level (`location` in level-0 pixels); outside the slide is white."""
+        region = self._read_region(location, level, size)
+        piece = Image.new("RGB", region.size, (255, 255, 255))
+        piece.paste(region, mask=region.getchannel("A"))
+        return piece
+
     def read_l0_region(self, rect: L0Rect, out_size: tuple[int, int]) -> Image.Image:
         """RGB image of level-0 rectangle `rect`, resized to out_size = (width, height).
 
@@ -345,16 +364,8 @@ class Slide:
         level_downsample = self.info.level_downsamples[level]
         level_w = max(1, math.ceil(inside.w / level_downsample))
         level_h = max(1, math.ceil(inside.h / level_downsample))
-        if level_w * level_h > self.limits.max_read_pixels:
-            raise SlideTooLargeError(
-                f"Reading this region needs {level_w}×{level_h} pixels at once, more than the "
-                f"{self.limits.max_read_pixels / 1e6:.0f} million this server allows; ask for "
-                "a smaller region or a smaller output.",
-                detail=f"rect={rect} out={out_size} level={level}",
-            )
-        region = self._read_region((inside.x, inside.y), level, (level_w, level_h))
-        piece = Image.new("RGB", region.size, (255, 255, 255))
-        piece.paste(region, mask=region.getchannel("A"))
+        self._check_read_size(level_w, level_h, detail=f"rect={rect} out={out_size} level={level}")
+        piece = self._read_rgb((inside.x, inside.y), level, (level_w, level_h))
         if inside == rect:
             return piece.resize((out_w, out_h), Image.Resampling.BILINEAR)
         left = round((inside.x - rect.x) * scale_x)
@@ -389,6 +400,20 @@ class Slide:
             while len(self._thumbnails) > THUMBNAIL_CACHE_SIZE:
                 self._thumbnails.popitem(last=False)
         return image.copy()
+
+    def overview(self, max_side: int) -> Image.Image:
+        """RGB image of the whole slide read from its smallest pyramid level (the cheapest
+        whole view, a few tiles: an upload's check that the pixels decode), shrunk with
+        its aspect kept when that level is longer than max_side, never enlarged. Its size
+        follows that level's own size; thumbnail() gives exact sizes (and is cached)."""
+        if max_side <= 0:
+            raise ValueError(f"max_side must be positive, got {max_side}")
+        dims = self.info.level_dimensions
+        level = min(range(len(dims)), key=lambda i: dims[i][0] * dims[i][1])
+        self._check_read_size(*dims[level], detail=f"overview of level {level}")
+        image = self._read_rgb((0, 0), level, dims[level])
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        return image
 
     def tissue_mask(self, grid_rows: int, grid_cols: int) -> np.ndarray:
         """float32 grid_rows×grid_cols: tissue fraction of each cell of a grid over the
