@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from omnipath.errors import echo
+from omnipath.facts import PGDFC_MODES, is_slide_id
 from storage import shapes
 from storage.db import (
     create_database_engine,
@@ -45,8 +45,6 @@ from storage.models import (
 
 log = logging.getLogger(__name__)
 
-SLIDE_ID_PATTERN = re.compile(r"^[0-9a-f]{16,128}$")
-PGDFC_MODES = ("attention", "random", "off")
 TITLE_CHARS = 80
 
 
@@ -214,7 +212,7 @@ class Store:
         unless `log_file_names` is on. `width`/`height` are level-0 pixels, `mpp_*`
         µm per level-0 pixel.
         """
-        if not isinstance(slide_id, str) or not SLIDE_ID_PATTERN.match(slide_id):
+        if not isinstance(slide_id, str) or not is_slide_id(slide_id):
             raise InvalidRecordError(
                 f"The slide id {echo(slide_id)} is not a content hash "
                 "(16–128 lowercase hex digits)."

@@ -372,7 +372,7 @@ def test_reopen_restores_slide_turns_and_layers_in_a_fresh_server(
     assert restored["layers"]["regions"] == final.layers["regions"]
     state = json.loads(restored["viewer_state"])
     assert state["layers"]["regions"] == final.layers["regions"]
-    assert fresh.web.tiles.meta(uploaded["slide_id"]).l0_width == uploaded["meta"]["l0_width"]
+    assert fresh.web.tiles.meta(uploaded["slide_id"])["l0_width"] == uploaded["meta"]["l0_width"]
     with pytest.raises(NotFoundError):
         handlers.reopen_conversation(fresh, "f" * 32)
     fresh.web.registry.close()

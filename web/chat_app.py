@@ -25,6 +25,7 @@ from typing import Any
 import gradio as gr
 
 from omnipath.errors import OmniPathError
+from omnipath.facts import PGDFC_MODES
 from web import handlers
 from web import upload as uploads
 from web.blocks import OmniPathBlocks
@@ -36,7 +37,6 @@ from web.viewer_component import build_viewer, viewer_state
 log = logging.getLogger(__name__)
 
 CHAT_JS = Path(__file__).resolve().parent / "chat.js"
-PGDFC_MODES = ("attention", "random", "off")
 ANSWER_CONCURRENCY = "omnipath-answer"
 UNEXPECTED = "Something went wrong on the server (it was logged); please try again."
 
@@ -129,7 +129,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
     initial_id = chat.web.initial_slide_id
     downloads = DownloadFolder()
 
-    initial_meta = chat.web.tiles.meta(initial_id).to_dict() if initial_id else None
+    initial_meta = chat.web.tiles.meta(initial_id) if initial_id else None
     with OmniPathBlocks(title="OmniPath") as demo:
         session = gr.State(_session(initial_id, initial_meta))
         gr.Markdown("## OmniPath — ask about a whole-slide image")

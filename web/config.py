@@ -14,15 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnipath.errors import OmniPathError
+from omnipath.facts import DTYPE_NAMES, QUANTIZATIONS, is_demo_model
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024**3
-# Model ids that are demonstrations, not diagnostic models (labelled so in the banner).
-# Model names labelled a demonstration in the banner: the exact names, or any id naming
-# omnipath-mini (a plain substring "mini" would also catch, say, phi-3-mini).
-DEMO_MODEL_NAMES = ("tiny", "mini")
-DEMO_MODEL_MARKERS = ("omnipath-mini",)
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZATIONS = ("4bit", "8bit")
 
 
 class ConfigError(OmniPathError):
@@ -71,8 +65,7 @@ class WebConfig:
         """True when answers come from a demonstration model (said so in the banner)."""
         if self.model_is_demo is not None:
             return self.model_is_demo
-        name = self.model.lower()
-        return name in DEMO_MODEL_NAMES or any(marker in name for marker in DEMO_MODEL_MARKERS)
+        return is_demo_model(self.model)
 
     @property
     def uploads_dir(self) -> Path:
@@ -96,7 +89,7 @@ _SETTINGS: dict[str, str | None] = {
     "slide": "open this slide at start instead of the sample slide",
     "sample_slide": "do not generate or open the sample slide",
     "model": "mini (default, the embedded demonstration model), tiny, a model folder or a hub id",
-    "model_dtype": ", ".join(DTYPES),
+    "model_dtype": ", ".join(DTYPE_NAMES),
     "quantization": "4bit or 8bit (default none)",
     "device": "auto (default), cpu, cuda or cuda:N",
     "model_is_demo": "true/false: label the model a demonstration (default: from the model id)",
@@ -160,9 +153,9 @@ def _validate(config: WebConfig) -> WebConfig:
         raise ConfigError(
             "The model cannot be empty; use mini for the embedded demonstration model."
         )
-    if config.model_dtype not in DTYPES:
+    if config.model_dtype not in DTYPE_NAMES:
         raise ConfigError(
-            f"The model precision must be one of {', '.join(DTYPES)}, not {config.model_dtype!r}."
+            f"The model precision must be one of {', '.join(DTYPE_NAMES)}, not {config.model_dtype!r}."
         )
     if config.quantization is not None and config.quantization not in QUANTIZATIONS:
         raise ConfigError(

@@ -84,7 +84,7 @@ def reopen_conversation(services: ChatServices, conversation_id: str) -> dict[st
     conversation = _load(services, conversation_id)
     _ensure_registered(services, conversation["slide"])
     slide_id = conversation["slide_id"]
-    meta = services.web.tiles.meta(slide_id).to_dict()
+    meta = services.web.tiles.meta(slide_id)
     last = last_answer(conversation["turns"])
     layers = turn_layers(last) if last is not None else empty_layers()
     return {

@@ -62,7 +62,7 @@ def upload_slide(
     """Take an uploaded file: size check (before anything is read), hash, copy into the slide
     store, open it and make a thumbnail, record it, and start a new conversation about it.
 
-    Returns {slide_id, conversation_id, meta (SlideMeta dict), viewer_state (JSON string)}.
+    Returns {slide_id, conversation_id, meta (web.tiles.viewer_meta), viewer_state (JSON string)}.
     Raises UploadTooLargeError, NotFoundError (no file), SlideError subclasses (not a slide,
     damaged, ...)."""
     progress = progress or _no_progress
@@ -107,7 +107,7 @@ def upload_slide(
     conversation_id = services.store.start_conversation(
         slide_id, services.engine.info.get("model_id")
     )
-    meta = services.web.tiles.meta(slide_id).to_dict()
+    meta = services.web.tiles.meta(slide_id)
     progress(1.0, "Ready")
     return {
         "slide_id": slide_id,

@@ -1,7 +1,7 @@
 """The slide viewer as a Gradio component: OpenSeadragon (from npm) plus web/viewer/viewer.js.
 
 Python drives it with a JSON state string (the component's value), made by `viewer_state`:
-    {"dzi_url": "/slides/<id>.dzi", "meta": {...SlideMeta...}, "layers": {...}, "zoom_to": {...}}
+    {"dzi_url": "/slides/<id>.dzi", "meta": {...web.tiles.viewer_meta...}, "layers": {...}, "zoom_to": {...}}
 Each key is optional: without "dzi_url" the open slide stays and only the layers change.
 Layers are in level-0 pixels (`l0_rect` = {x, y, w, h}):
     regions: [{"l0_rect": ..., "label": "..."}]   numbered rectangles (where the model read)
