@@ -712,6 +712,8 @@ def _turn_row(
 def _answer_fields(answer: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:
     """_turn_row() arguments from an engine Answer (the object or its to_dict()); its
     `stopped` / `timed_out` flags go into meta."""
+    if hasattr(answer, "to_dict"):
+        answer = answer.to_dict()  # the engine's JSON form: a probe score it lacks is None
     get = shapes._get
     extra = dict(meta or {})
     for flag in ("stopped", "timed_out"):

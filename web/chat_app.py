@@ -31,7 +31,7 @@ from web import upload as uploads
 from web.blocks import OmniPathBlocks
 from web.chat_services import ChatServices
 from web.exports import DownloadFolder
-from web.messages import as_text
+from web.question import form_options
 from web.viewer_component import build_viewer, viewer_state
 
 log = logging.getLogger(__name__)
@@ -88,19 +88,6 @@ def _sentence(exc: BaseException) -> str:
         return exc.message
     log.exception("unexpected error in a chat handler", exc_info=exc)
     return UNEXPECTED
-
-
-def _options(mode: Any, s: Any, max_new_tokens: Any, temperature: Any) -> Any:
-    """AnswerOptions from the settings as the page or an API call sent them (S is ignored
-    when PGDFC is off); OptionsError with a sentence for None, text, NaN or infinity."""
-    from omnipath.engine import AnswerOptions
-
-    return AnswerOptions.from_form(
-        pgdfc_mode=mode,
-        s=0 if mode == "off" else s,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-    )
 
 
 def _conversation_choices(services: ChatServices) -> list[tuple[str, str]]:
@@ -243,25 +230,26 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             return state, result["viewer_state"], [], "", refresh_conversations(state)
 
         def run_answer(
-            stream_factory: Callable[[], Iterator[handlers.AskUpdate]],
+            start: Callable[[], handlers.Answering],
             state: dict[str, Any],
             messages: list[dict[str, Any]],
             question_text: str,
         ) -> Iterator[tuple]:
-            """Stream an answer into the chat: (chatbot, question box, viewer, region)."""
+            """Stream an answer into the chat: (chatbot, question box, viewer, region). The
+            chat is updated from what the answer brings (its last update carries the message
+            and the overlays built from the Answer); the log is read back only after a
+            failure, to show what of it was logged."""
             conversation_id = state.get("conversation_id")
             try:
-                stream = stream_factory()
-                shown = list(messages)
+                stream = start()
+                shown = [*messages, {"role": "user", "content": stream.message}]
                 yield shown, "", gr.skip(), gr.skip()
                 for update in stream:
+                    live = [*shown, {"role": "assistant", "content": update.text}]
                     if update.done:
-                        loaded = chat.store.load_conversation(conversation_id)
-                        shown = handlers.chat_messages(loaded["turns"])
                         layers = viewer_state(state["slide_id"], state["meta"], update.layers)
-                        yield shown, "", layers, ""
+                        yield live, "", layers, ""
                     else:
-                        live = [*shown, {"role": "assistant", "content": update.text}]
                         yield live, "", gr.skip(), gr.skip()
             except Exception as exc:
                 message = _sentence(exc)
@@ -277,25 +265,21 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
         def on_ask(question_text, state, region_value, mode_value, s_value, tokens, temp, messages):
             if not state.get("slide_id"):
                 raise gr.Error("Upload a slide first; questions are about the slide in the viewer.")
-            if not (question_text or "").strip():
-                raise gr.Error("The question is empty; type a question about the slide.")
             try:
-                options = _options(mode_value, s_value, tokens, temp)
+                options = form_options(mode_value, s_value, tokens, temp)
                 if not state.get("conversation_id"):  # the slide opened at start
                     conversation_id = handlers.new_conversation(chat, state["slide_id"])
                     state = {**state, "conversation_id": conversation_id}
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
             conversation_id = state["conversation_id"]
-            shown_question = as_text(question_text.strip())
-            pending = [*(messages or []), {"role": "user", "content": shown_question}]
 
-            def factory() -> Iterator[handlers.AskUpdate]:
+            def start() -> handlers.Answering:
                 return handlers.ask(
                     chat, conversation_id, question_text, options, region=region_value
                 )
 
-            for outputs in run_answer(factory, state, pending, question_text):
+            for outputs in run_answer(start, state, list(messages or []), question_text):
                 yield (*outputs, state)
 
         def on_retry(state, mode_value, s_value, tokens, temp, messages):
@@ -303,17 +287,19 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             if not conversation_id:
                 raise gr.Error("Upload a slide first.")
             try:
-                options = _options(mode_value, s_value, tokens, temp)
+                options = form_options(mode_value, s_value, tokens, temp)
             except Exception as exc:
                 raise gr.Error(_sentence(exc)) from None
             kept = list(messages or [])
             if kept and kept[-1]["role"] == "assistant":
                 kept = kept[:-1]
+            if kept and kept[-1]["role"] == "user":
+                kept = kept[:-1]  # shown again as the question answered
 
-            def factory() -> Iterator[handlers.AskUpdate]:
+            def start() -> handlers.Answering:
                 return handlers.retry(chat, conversation_id, options)
 
-            for chat_value, _question, layers, region_value in run_answer(factory, state, kept, ""):
+            for chat_value, _question, layers, region_value in run_answer(start, state, kept, ""):
                 yield chat_value, layers, region_value
 
         def on_stop(state):
@@ -438,7 +424,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
         def api_ask(conversation_id, question, pgdfc_mode, s, max_new_tokens, temperature, region):
             """Ask in a conversation; streams {text, done, turn_id, answer, layers}."""
             try:
-                options = _options(pgdfc_mode or "attention", s, max_new_tokens, temperature)
+                options = form_options(pgdfc_mode, s, max_new_tokens, temperature)
                 stream = handlers.ask(
                     chat, conversation_id or "", question or "", options, region=region or None
                 )
