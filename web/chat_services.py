@@ -18,6 +18,12 @@ from web.config import WebConfig
 from web.services import WebServices, build_services
 from web.upload_guard import ReceivedUploads
 
+# Said to a browser session (or API client) that asks while its last question is answered.
+ONE_QUESTION = (
+    "Your previous question is still being answered; wait for its answer or press Stop, "
+    "then ask again."
+)
+
 
 @dataclass
 class ChatServices:
@@ -30,9 +36,26 @@ class ChatServices:
     # Stop flags of the answers being generated now, by conversation id.
     stops: dict[str, threading.Event] = field(default_factory=dict)
     stops_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Browser sessions (Gradio's session_hash) with a question being answered: one each.
+    asking_sessions: set[str] = field(default_factory=set)
     # The files Gradio's upload route stored (recorded by web.upload_guard.UploadGuard); the
     # upload handlers take no other path.
     received: ReceivedUploads = field(default_factory=ReceivedUploads)
+
+    def claim_question_slot(self, session: str | None) -> bool:
+        """Take the browser session's one question slot; False when a question of it is
+        being answered already (no session, as in direct calls: always True)."""
+        if session is None:
+            return True
+        with self.stops_lock:
+            if session in self.asking_sessions:
+                return False
+            self.asking_sessions.add(session)
+            return True
+
+    def free_question_slot(self, session: str | None) -> None:
+        with self.stops_lock:
+            self.asking_sessions.discard(session)
 
     @property
     def registry(self) -> Any:

@@ -57,6 +57,9 @@ class WebConfig:
     log_file_names: bool = False
     # Answers generated at once; more wait in Gradio's queue.
     max_concurrent_answers: int = 8
+    # Requests waiting in Gradio's queue (questions beyond max_concurrent_answers, uploads);
+    # one more is refused with a sentence ("busy, try again").
+    max_queued_questions: int = 64
     # Serve Gradio's API schema (/openapi.json) and queue monitoring summary; both need no login.
     expose_api_docs: bool = False
 
@@ -97,6 +100,7 @@ _SETTINGS: dict[str, str | None] = {
     "max_upload_bytes": None,
     "log_file_names": "keep uploaded file names in the log (they can identify patients)",
     "max_concurrent_answers": None,
+    "max_queued_questions": "requests waiting their turn before more are refused (default 64)",
     "expose_api_docs": "serve Gradio's /openapi.json and /monitoring pages (they need no login)",
 }
 # Flags that take no value: field name -> (flag, the value it sets).
@@ -166,6 +170,10 @@ def _validate(config: WebConfig) -> WebConfig:
     if config.max_concurrent_answers < 1:
         raise ConfigError(
             "At least one answer must be allowed at a time (max_concurrent_answers >= 1)."
+        )
+    if config.max_queued_questions < 1:
+        raise ConfigError(
+            "At least one request must be allowed to wait its turn (max_queued_questions >= 1)."
         )
     return config
 
