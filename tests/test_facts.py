@@ -28,3 +28,19 @@ def test_the_demo_rule_and_modes_are_the_shared_ones() -> None:
     assert not is_demo_model("microsoft/phi-3-mini")
     assert WebConfig(model="org/omnipath-mini-v2").demo_model
     assert PGDFC_MODES == ("attention", "random", "off")
+
+
+def test_requirements_hold_the_app_and_the_test_tools_are_pinned_apart() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+
+    def pins(name: str) -> dict[str, str]:
+        lines = (root / name).read_text().splitlines()
+        return dict(line.lower().split("==") for line in lines if "==" in line)
+
+    app, test = pins("requirements.txt"), pins("requirements-test.txt")
+    for tool in ("pytest", "pytest-xdist", "pytest-timeout", "selenium", "ruff", "trio"):
+        assert tool in test and tool not in app
+    assert "gradio" in app and not set(app) & set(test)
+    assert "requirements-test.txt" in (root / ".ci" / "install.sh").read_text()
