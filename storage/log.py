@@ -315,19 +315,6 @@ class Store:
             raise NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
         return conv
 
-    def rename_conversation(self, conversation_id: str, title: str) -> None:
-        title = _title_from(_optional_text(title, "The title") or "")
-        with self._transaction(write=True) as session:
-            conv = self._locked_conversation(session, conversation_id)
-            conv.title = title
-            conv.updated_at = utcnow()
-
-    def delete_conversation(self, conversation_id: str) -> None:
-        """Deletes the conversation with its turns, masks and feedback (the slide stays)."""
-        with self._transaction(write=True) as session:
-            conv = self._locked_conversation(session, conversation_id)
-            session.delete(conv)
-
     def list_conversations(
         self, *, slide_id: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
@@ -608,20 +595,6 @@ class Store:
             removed = self._delete_from(session, conversation_id, index)
             conv.updated_at = utcnow()
             return {"question": text, "removed_turn_ids": removed}
-
-    def prepare_retry(self, conversation_id: str) -> dict[str, Any] | None:
-        """For the UI's Retry: deletes the answer(s) after the last user turn and
-        returns that user turn (as get_turn() would) so the web layer can ask it again
-        and log the new answer. None when the conversation has no question yet."""
-        with self._transaction(write=True) as session:
-            conv = self._locked_conversation(session, conversation_id)
-            question = self._last_user_turn(session, conversation_id)
-            if question is None:
-                return None
-            if self._delete_from(session, conversation_id, question.index + 1):
-                conv.updated_at = utcnow()
-            session.refresh(question)
-            return _turn_dict(question)
 
     def _delete_from(self, session: Session, conversation_id: str, first_index: int) -> list[str]:
         """Deletes the conversation's turns with index ≥ first_index (masks and feedback

@@ -4,6 +4,7 @@ stop, failures), retry, undo, feedback, reopen, export."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -20,7 +21,7 @@ from omnipath.errors import (
     UploadTooLargeError,
 )
 from web import exports, handlers, upload
-from web.chat_services import build_chat_services, replace_settings
+from web.chat_services import build_chat_services
 from web.config import WebConfig
 from web.question import parse_region
 
@@ -145,7 +146,9 @@ def test_upload_reports_progress_records_the_slide_and_starts_a_conversation(
 
 
 def test_too_large_upload_is_refused_before_anything_is_read(services, synthetic_slide) -> None:
-    small = replace_settings(services, max_upload_bytes=1024)
+    small = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, max_upload_bytes=1024)
+    )
     opened: list[Path] = []
     small.web.registry._opener = lambda path: opened.append(path)  # must never be called
     with pytest.raises(UploadTooLargeError, match="more than this server accepts"):

@@ -8,7 +8,6 @@ web/config.py for their defaults, OMNIPATH_* variables and flags.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +124,3 @@ def build_chat_services(
         store = build_store(config)
     config.uploads_dir.mkdir(parents=True, exist_ok=True)
     return ChatServices(web=web, engine=engine, store=store, settings=config)
-
-
-def replace_settings(services: ChatServices, **changes: Any) -> ChatServices:
-    """A copy of `services` with some settings changed (tests: a small upload limit)."""
-    return dataclasses.replace(services, settings=dataclasses.replace(services.settings, **changes))

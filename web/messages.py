@@ -9,7 +9,7 @@ import html
 from typing import Any
 
 from storage.overlays import Overlays
-from web.viewer_component import mask_item
+from web.viewer_component import mask_item, rect_item
 
 # The notes under an answer that did not complete normally.
 INTERRUPTED_NOTE = "interrupted (the server stopped while answering); press Retry"
@@ -22,29 +22,26 @@ def empty_layers() -> dict[str, list]:
     return {"regions": [], "boxes": [], "masks": []}
 
 
-def _rect(value: Any) -> dict[str, int]:
-    x, y, w, h = value
-    return {"x": int(x), "y": int(y), "w": int(w), "h": int(h)}
-
-
 def viewer_layers(overlays: Overlays) -> dict[str, list[dict[str, Any]]]:
     """The viewer's layers of one answer's overlays: regions numbered by rank, boxes and
     masks (as PNG data URLs), in level-0 pixels."""
     regions = [
         {
-            "l0_rect": _rect(r["l0_rect"]),
+            **rect_item(
+                r["l0_rect"],
+                f"Region {r['rank']}"
+                + (f" (probe score {r['score']:.3f})" if r.get("score") is not None else ""),
+            ),
             "number": int(r["rank"]),
-            "label": f"Region {r['rank']}"
-            + (f" (probe score {r['score']:.3f})" if r.get("score") is not None else ""),
         }
         for r in overlays.regions
     ]
     boxes = [
-        {"l0_rect": _rect(b["l0_rect"]), "label": b.get("label") or f"Box {i + 1}"}
+        rect_item(b["l0_rect"], b.get("label") or f"Box {i + 1}")
         for i, b in enumerate(overlays.boxes)
     ]
     masks = [
-        mask_item(m.bitmap, _rect(m.l0_rect), m.label or f"Mask {i + 1}")
+        mask_item(m.bitmap, m.l0_rect, m.label or f"Mask {i + 1}")
         for i, m in enumerate(overlays.masks)
     ]
     return {"regions": regions, "boxes": boxes, "masks": masks}

@@ -20,7 +20,7 @@ from omnipath.facts import is_slide_id
 
 T = TypeVar("T")
 
-# What content_hash produces (sha256 hex); anything else is not an id and never reaches a lookup.
+
 class OpenedSlide:
     """One open slide and what other layers attach to it (built once, reused while open)."""
 
@@ -174,12 +174,6 @@ class SlideRegistry:
             close_now = opened._evicted and opened._readers == 0
         if close_now:
             opened._close()
-
-    def unregister(self, slide_id: str) -> None:
-        """Forget the id altogether (e.g. an upload that turned out not to be a slide)."""
-        self.forget(slide_id)
-        with self._lock:
-            self._paths.pop(slide_id, None)
 
     def forget(self, slide_id: str) -> None:
         """Drop an open handle (e.g. after the slide layer reported damage); reopened on next use."""

@@ -176,11 +176,3 @@ class TileService:
         else:
             image.save(buffer, "PNG", compress_level=1)
         return buffer.getvalue()
-
-    def forget_slide(self, slide_id: str) -> None:
-        """Drop the slide's cached tiles and descriptors (e.g. after its file was replaced)."""
-        self.cache.discard_where(lambda key: key[0] == slide_id)
-        with self._dzi_lock:
-            for fmt in TILE_FORMATS:
-                self._dzi.pop((slide_id, fmt), None)
-        self.registry.forget(slide_id)
