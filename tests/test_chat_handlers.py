@@ -668,3 +668,24 @@ def test_the_last_update_is_built_from_the_answer_in_memory_as_the_log_shows_it(
     assert final.layers == turn_layers(logged)
     assert [r["number"] for r in final.layers["regions"]] == [1, 2]
     assert len(final.layers["boxes"]) == 1 and len(final.layers["masks"]) == 1
+
+
+def test_a_question_is_checked_once_into_a_question_the_layers_below_trust() -> None:
+    from web.question import Question, form_options
+
+    conversation = {"id": "c" * 32, "slide": {"id": "a" * 64, "width": 1000, "height": 500}}
+    question = Question.parse(
+        conversation, "  Where?  ", OPTIONS, {"x": 900, "y": -10, "w": 400, "h": 100}
+    )
+    assert (question.text, question.slide_id, question.l0_region) == (
+        "Where?", "a" * 64, L0Rect(900, 0, 100, 90)
+    )  # fmt: skip
+    assert question.region_meta == {"l0_region": [900, 0, 100, 90]}
+    for text in ("", "   ", None, 3):
+        with pytest.raises(OptionsError, match="question is empty"):
+            Question.parse(conversation, text, OPTIONS)
+    with pytest.raises(OptionsError, match="max_new_tokens"):
+        Question.parse(conversation, "Where?", AnswerOptions(max_new_tokens=0))
+    # the form's values: an empty mode is attention, S is ignored when PGDFC is off
+    assert form_options("", 3, 8.0, 0.0).pgdfc_mode == "attention"
+    assert form_options("off", float("nan"), 8, 0.0).s == 0
