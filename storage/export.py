@@ -12,7 +12,6 @@ details (turn, rank, score, label) ride in properties["omnipath"], which QuPath 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import uuid
 from datetime import UTC, datetime
@@ -20,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from storage.contours import bitmap_polygons
 from storage.log import Store, iso
+from storage.overlays import Overlays, mask_bitmap
 
 EXPORT_FORMAT = "omnipath.conversation"
 EXPORT_VERSION = 1
@@ -88,8 +87,7 @@ def conversation_json(store: Store, conversation_id: str) -> dict[str, Any]:
 
 def _decode_mask(png_or_bitmap: bytes | np.ndarray) -> np.ndarray:
     if isinstance(png_or_bitmap, bytes | bytearray | memoryview):
-        with Image.open(io.BytesIO(bytes(png_or_bitmap))) as image:
-            return np.asarray(image.convert("L")) > 127
+        return mask_bitmap(png_or_bitmap)
     return np.asarray(png_or_bitmap).astype(bool)
 
 
@@ -158,6 +156,7 @@ def turn_overlays(
     else:
         prefix = f"Turn {turn['index'] + 1}"
     items: list[dict[str, Any]] = []
+    overlays = Overlays.of_turn(turn)
 
     def add(kind: str, key: str, name: str, polygons: list[Any], details: dict[str, Any]) -> None:
         class_name, color = CLASSES[kind]
@@ -167,7 +166,7 @@ def turn_overlays(
         })
 
     if regions:
-        for region in sorted(turn["regions"], key=lambda r: r["rank"]):
+        for region in overlays.regions:
             ring = _rectangle(region["l0_rect"], bounds)
             if ring is None:
                 continue
@@ -177,7 +176,7 @@ def turn_overlays(
             add("region", f"region:{region['rank']}", name, [ring],
                 {"rank": region["rank"], "score": region.get("score")})
     if boxes:
-        for i, box in enumerate(turn["boxes"]):
+        for i, box in enumerate(overlays.boxes):
             ring = _rectangle(box["l0_rect"], bounds)
             if ring is None:
                 continue
@@ -185,15 +184,13 @@ def turn_overlays(
             add("box", f"box:{i}", name, [ring],
                 {"box_index": i, "label": box["label"], "rel": box["rel"]})
     if masks:
-        for mask in turn["masks"]:
-            polygons = mask_polygons(mask["png"], mask["l0_rect"], l0_bounds=bounds)
+        for mask in overlays.masks:
+            polygons = mask_polygons(mask.bitmap, mask.l0_rect, l0_bounds=bounds)
             if not polygons:
                 continue  # an empty mask has no outline
-            name = f"{prefix} · mask {mask['index'] + 1}"
-            if mask["label"]:
-                name += f": {mask['label']}"
-            add("mask", f"mask:{mask['index']}", name, polygons,
-                {"mask_index": mask["index"], "label": mask["label"]})
+            name = f"{prefix} · mask {mask.index + 1}" + (f": {mask.label}" if mask.label else "")
+            add("mask", f"mask:{mask.index}", name, polygons,
+                {"mask_index": mask.index, "label": mask.label})
     return items
 
 

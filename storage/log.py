@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from omnipath.errors import echo
+from omnipath.facts import PGDFC_MODES, is_slide_id
 from storage import shapes
 from storage.db import (
     create_database_engine,
@@ -45,8 +45,6 @@ from storage.models import (
 
 log = logging.getLogger(__name__)
 
-SLIDE_ID_PATTERN = re.compile(r"^[0-9a-f]{16,128}$")
-PGDFC_MODES = ("attention", "random", "off")
 TITLE_CHARS = 80
 
 
@@ -214,7 +212,7 @@ class Store:
         unless `log_file_names` is on. `width`/`height` are level-0 pixels, `mpp_*`
         µm per level-0 pixel.
         """
-        if not isinstance(slide_id, str) or not SLIDE_ID_PATTERN.match(slide_id):
+        if not isinstance(slide_id, str) or not is_slide_id(slide_id):
             raise InvalidRecordError(
                 f"The slide id {echo(slide_id)} is not a content hash "
                 "(16–128 lowercase hex digits)."
@@ -316,19 +314,6 @@ class Store:
         if conv is None:
             raise NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
         return conv
-
-    def rename_conversation(self, conversation_id: str, title: str) -> None:
-        title = _title_from(_optional_text(title, "The title") or "")
-        with self._transaction(write=True) as session:
-            conv = self._locked_conversation(session, conversation_id)
-            conv.title = title
-            conv.updated_at = utcnow()
-
-    def delete_conversation(self, conversation_id: str) -> None:
-        """Deletes the conversation with its turns, masks and feedback (the slide stays)."""
-        with self._transaction(write=True) as session:
-            conv = self._locked_conversation(session, conversation_id)
-            session.delete(conv)
 
     def list_conversations(
         self, *, slide_id: str | None = None, limit: int = 100
@@ -611,20 +596,6 @@ class Store:
             conv.updated_at = utcnow()
             return {"question": text, "removed_turn_ids": removed}
 
-    def prepare_retry(self, conversation_id: str) -> dict[str, Any] | None:
-        """For the UI's Retry: deletes the answer(s) after the last user turn and
-        returns that user turn (as get_turn() would) so the web layer can ask it again
-        and log the new answer. None when the conversation has no question yet."""
-        with self._transaction(write=True) as session:
-            conv = self._locked_conversation(session, conversation_id)
-            question = self._last_user_turn(session, conversation_id)
-            if question is None:
-                return None
-            if self._delete_from(session, conversation_id, question.index + 1):
-                conv.updated_at = utcnow()
-            session.refresh(question)
-            return _turn_dict(question)
-
     def _delete_from(self, session: Session, conversation_id: str, first_index: int) -> list[str]:
         """Deletes the conversation's turns with index ≥ first_index (masks and feedback
         go with them through ON DELETE CASCADE). Returns the deleted ids."""
@@ -714,6 +685,8 @@ def _turn_row(
 def _answer_fields(answer: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:
     """_turn_row() arguments from an engine Answer (the object or its to_dict()); its
     `stopped` / `timed_out` flags go into meta."""
+    if hasattr(answer, "to_dict"):
+        answer = answer.to_dict()  # the engine's JSON form: a probe score it lacks is None
     get = shapes._get
     extra = dict(meta or {})
     for flag in ("stopped", "timed_out"):

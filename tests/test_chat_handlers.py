@@ -4,6 +4,7 @@ stop, failures), retry, undo, feedback, reopen, export."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -20,8 +21,9 @@ from omnipath.errors import (
     UploadTooLargeError,
 )
 from web import exports, handlers, upload
-from web.chat_services import build_chat_services, replace_settings
+from web.chat_services import build_chat_services
 from web.config import WebConfig
+from web.question import parse_region
 
 OPTIONS = AnswerOptions(s=3, max_new_tokens=6)
 
@@ -144,7 +146,9 @@ def test_upload_reports_progress_records_the_slide_and_starts_a_conversation(
 
 
 def test_too_large_upload_is_refused_before_anything_is_read(services, synthetic_slide) -> None:
-    small = replace_settings(services, max_upload_bytes=1024)
+    small = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, max_upload_bytes=1024)
+    )
     opened: list[Path] = []
     small.web.registry._opener = lambda path: opened.append(path)  # must never be called
     with pytest.raises(UploadTooLargeError, match="more than this server accepts"):
@@ -228,18 +232,18 @@ def test_region_goes_to_the_engine_and_into_the_log(services, uploaded) -> None:
 
 
 def test_parse_region_clips_and_refuses() -> None:
-    assert handlers.parse_region("", 1000, 500) is None
-    assert handlers.parse_region(None, 1000, 500) is None
-    assert handlers.parse_region({"x": -50, "y": 400, "w": 100, "h": 300}, 1000, 500) == L0Rect(
+    assert parse_region("", 1000, 500) is None
+    assert parse_region(None, 1000, 500) is None
+    assert parse_region({"x": -50, "y": 400, "w": 100, "h": 300}, 1000, 500) == L0Rect(
         0, 400, 50, 100
     )
-    assert handlers.parse_region({"x": 300, "y": 300, "w": -100, "h": -100}, 1000, 500) == L0Rect(
+    assert parse_region({"x": 300, "y": 300, "w": -100, "h": -100}, 1000, 500) == L0Rect(
         200, 200, 100, 100
     )
     with pytest.raises(OptionsError, match="outside the slide"):
-        handlers.parse_region({"x": 2000, "y": 0, "w": 10, "h": 10}, 1000, 500)
+        parse_region({"x": 2000, "y": 0, "w": 10, "h": 10}, 1000, 500)
     with pytest.raises(OptionsError):
-        handlers.parse_region({"x": "a", "y": 0, "w": 10, "h": 10}, 1000, 500)
+        parse_region({"x": "a", "y": 0, "w": 10, "h": 10}, 1000, 500)
 
 
 @pytest.mark.parametrize(
@@ -258,7 +262,7 @@ def test_parse_region_clips_and_refuses() -> None:
 )
 def test_parse_region_refuses_non_finite_huge_and_deep_values_in_a_sentence(region) -> None:
     with pytest.raises(OptionsError, match=r"rectangle \{x, y, w, h\}"):
-        handlers.parse_region(region, 1000, 500)
+        parse_region(region, 1000, 500)
 
 
 def test_questions_are_shown_as_text_not_html_or_images() -> None:
@@ -372,7 +376,7 @@ def test_reopen_restores_slide_turns_and_layers_in_a_fresh_server(
     assert restored["layers"]["regions"] == final.layers["regions"]
     state = json.loads(restored["viewer_state"])
     assert state["layers"]["regions"] == final.layers["regions"]
-    assert fresh.web.tiles.meta(uploaded["slide_id"]).l0_width == uploaded["meta"]["l0_width"]
+    assert fresh.web.tiles.meta(uploaded["slide_id"])["l0_width"] == uploaded["meta"]["l0_width"]
     with pytest.raises(NotFoundError):
         handlers.reopen_conversation(fresh, "f" * 32)
     fresh.web.registry.close()
@@ -612,3 +616,76 @@ def test_an_abandoned_answer_is_logged_as_cancelled_and_frees_the_engine(
     )
     assert conversation_id not in services.stops
     assert _finish(handlers.ask(services, conversation_id, "Where?", OPTIONS))[1].done
+
+
+class OverlayEngine(SpyEngine):
+    """Answers with a region (its score unknown: NaN), a box and a mask, and a 'stopped' flag."""
+
+    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+        import numpy as np
+
+        from omnipath.coords import RelBox
+        from omnipath.engine import Box, MaskResult, Region
+
+        bitmap = np.zeros((6, 9), dtype=bool)
+        bitmap[1:4, 2:7] = True
+
+        def stream():
+            yield "A lesion"
+            yield Answer(
+                text="A lesion",
+                regions=[
+                    Region(2, float("nan"), L0Rect(10, 20, 30, 40)),
+                    Region(1, 0.25, L0Rect(0, 0, 50, 50)),
+                ],
+                boxes=[Box(RelBox(0.1, 0.1, 0.2, 0.2), L0Rect(5, 6, 7, 8), "nucleus")],
+                masks=[MaskResult(bitmap, L0Rect(100, 100, 90, 60))],
+                stopped=True,
+            )
+
+        return stream()
+
+
+def test_the_last_update_is_built_from_the_answer_in_memory_as_the_log_shows_it(
+    services, uploaded, monkeypatch
+) -> None:
+    from web.messages import message_text, turn_layers
+
+    services.engine = OverlayEngine(services.engine)
+    conversation_id = uploaded["conversation_id"]
+    stream = handlers.ask(
+        services, conversation_id, "Where?", OPTIONS, region='{"x":1,"y":2,"w":3,"h":4}'
+    )
+    assert stream.question.l0_region == L0Rect(1, 2, 3, 4) and "about the region" in stream.message
+    reads = []
+    for name in ("get_turn", "load_conversation"):
+        monkeypatch.setattr(services.store, name, lambda *a, _name=name, **k: reads.append(_name))
+    _, final = _finish(stream)
+    assert reads == []  # nothing read back from the log after the answer
+    monkeypatch.undo()
+    logged = services.store.load_conversation(conversation_id)["turns"][-1]
+    assert final.text == message_text(logged) and "stopped" in final.text
+    assert final.layers == turn_layers(logged)
+    assert [r["number"] for r in final.layers["regions"]] == [1, 2]
+    assert len(final.layers["boxes"]) == 1 and len(final.layers["masks"]) == 1
+
+
+def test_a_question_is_checked_once_into_a_question_the_layers_below_trust() -> None:
+    from web.question import Question, form_options
+
+    conversation = {"id": "c" * 32, "slide": {"id": "a" * 64, "width": 1000, "height": 500}}
+    question = Question.parse(
+        conversation, "  Where?  ", OPTIONS, {"x": 900, "y": -10, "w": 400, "h": 100}
+    )
+    assert (question.text, question.slide_id, question.l0_region) == (
+        "Where?", "a" * 64, L0Rect(900, 0, 100, 90)
+    )  # fmt: skip
+    assert question.region_meta == {"l0_region": [900, 0, 100, 90]}
+    for text in ("", "   ", None, 3):
+        with pytest.raises(OptionsError, match="question is empty"):
+            Question.parse(conversation, text, OPTIONS)
+    with pytest.raises(OptionsError, match="max_new_tokens"):
+        Question.parse(conversation, "Where?", AnswerOptions(max_new_tokens=0))
+    # the form's values: an empty mode is attention, S is ignored when PGDFC is off
+    assert form_options("", 3, 8.0, 0.0).pgdfc_mode == "attention"
+    assert form_options("off", float("nan"), 8, 0.0).s == 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from web.chat_services import build_chat_services, replace_settings
+from web.chat_services import build_chat_services
 from web.config import WebConfig
 
 
@@ -36,7 +37,9 @@ def test_banner_reports_quantization_and_the_demonstration_label(tmp_path: Path)
     try:
         banner = services.model_banner()
         assert banner["precision"] == "4bit (float16 compute)" and banner["demo"] is False
-        labelled = replace_settings(services, model_is_demo=True)
+        labelled = dataclasses.replace(
+            services, settings=dataclasses.replace(services.settings, model_is_demo=True)
+        )
         assert labelled.model_banner()["demo"] is True
     finally:
         services.store.close()

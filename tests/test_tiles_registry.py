@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from omnipath.errors import NotFoundError
+from omnipath.facts import is_slide_id
 from tests.threads import run_together
-from web.slide_registry import SlideRegistry, is_well_formed_id
+from web.slide_registry import SlideRegistry
 
 
 class RecordingSlide:
@@ -52,14 +53,14 @@ def _registry(max_open: int, opened: list[RecordingSlide]) -> SlideRegistry:
 def test_ids_are_content_hashes_and_paths_stay_server_side(files: list[Path]) -> None:
     registry = _registry(2, [])
     slide_id = registry.register(files[0])
-    assert slide_id == _hash(files[0]) and is_well_formed_id(slide_id)
+    assert slide_id == _hash(files[0]) and is_slide_id(slide_id)
     assert registry.path_of(slide_id) == files[0].resolve()
     assert registry.register(files[0]) == slide_id  # same content, same id
 
 
 @pytest.mark.parametrize("bad", ["../etc/passwd", "%2e%2e", "/etc/passwd", "", "A" * 64, "ab" * 31])
 def test_path_like_or_malformed_ids_are_not_ids(bad: str) -> None:
-    assert not is_well_formed_id(bad)
+    assert not is_slide_id(bad)
 
 
 def test_unknown_id_and_missing_file_raise_not_found(files: list[Path], tmp_path: Path) -> None:

@@ -112,6 +112,8 @@
         if (dragged) {
           const a = item.viewportToImageCoordinates(state.startVp);
           const b = item.viewportToImageCoordinates(viewer.viewport.pointFromPixel(end));
+          // Clipped here only so that the label names the pixels asked about; the server
+          // clips again (web/question.py), whatever a client sends.
           const size = item.getContentSize();
           const x0 = Math.max(0, Math.round(Math.min(a.x, b.x)));
           const y0 = Math.max(0, Math.round(Math.min(a.y, b.y)));

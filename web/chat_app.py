@@ -24,21 +24,25 @@ from typing import Any
 
 import gradio as gr
 
-from omnipath.errors import OmniPathError
+from omnipath.facts import PGDFC_MODES
 from web import handlers
-from web import upload as uploads
 from web.blocks import OmniPathBlocks
+from web.chat_api import (
+    ANSWER_CONCURRENCY,
+    add_named_api,
+    one_question,
+    sentence,
+    upload_slide,
+    write_export,
+)
 from web.chat_services import ChatServices
 from web.exports import DownloadFolder
-from web.messages import as_text
+from web.question import form_options
 from web.viewer_component import build_viewer, viewer_state
 
 log = logging.getLogger(__name__)
 
 CHAT_JS = Path(__file__).resolve().parent / "chat.js"
-PGDFC_MODES = ("attention", "random", "off")
-ANSWER_CONCURRENCY = "omnipath-answer"
-UNEXPECTED = "Something went wrong on the server (it was logged); please try again."
 
 _REGION_TEMPLATE = (
     '<div class="oc-region" data-testid="omnipath-region">'
@@ -83,26 +87,6 @@ def banner_markdown(banner: dict[str, Any]) -> str:
     return text
 
 
-def _sentence(exc: BaseException) -> str:
-    if isinstance(exc, OmniPathError):
-        return exc.message
-    log.exception("unexpected error in a chat handler", exc_info=exc)
-    return UNEXPECTED
-
-
-def _options(mode: Any, s: Any, max_new_tokens: Any, temperature: Any) -> Any:
-    """AnswerOptions from the settings as the page or an API call sent them (S is ignored
-    when PGDFC is off); OptionsError with a sentence for None, text, NaN or infinity."""
-    from omnipath.engine import AnswerOptions
-
-    return AnswerOptions.from_form(
-        pgdfc_mode=mode,
-        s=0 if mode == "off" else s,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-    )
-
-
 def _conversation_choices(services: ChatServices) -> list[tuple[str, str]]:
     return [
         (f"{c['title']} · {c['turn_count']} turns · {c['slide_id'][:8]}", c["id"])
@@ -129,7 +113,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
     initial_id = chat.web.initial_slide_id
     downloads = DownloadFolder()
 
-    initial_meta = chat.web.tiles.meta(initial_id).to_dict() if initial_id else None
+    initial_meta = chat.web.tiles.meta(initial_id) if initial_id else None
     with OmniPathBlocks(title="OmniPath") as demo:
         session = gr.State(_session(initial_id, initial_meta))
         gr.Markdown("## OmniPath — ask about a whole-slide image")
@@ -193,78 +177,47 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                     export_button = gr.Button("Export this conversation")
                     export_file = gr.File(label="Download", interactive=False)
 
-        # --- API-only endpoints (gradio_client), on components nobody sees ---------------
-        with gr.Column(visible=False):
-            api_file = gr.File(type="filepath")
-            api_upload_out = gr.JSON()
-            api_conversation = gr.Textbox()
-            api_question = gr.Textbox()
-            api_mode = gr.Textbox(value="attention")
-            # no precision: Gradio would round (and fail on NaN) before _options can say why
-            api_s = gr.Number(value=8)
-            api_max_tokens = gr.Number(value=256)
-            api_temperature = gr.Number(value=0.0)
-            api_region = gr.Textbox(value="")
-            api_ask_out = gr.JSON()
-            api_format = gr.Textbox(value="json")
-            api_export_out = gr.File()
-            api_upload_button = gr.Button()
-            api_ask_button = gr.Button()
-            api_export_button = gr.Button()
-
         # --- UI handlers ----------------------------------------------------------------
 
         def refresh_conversations(state: dict[str, Any]) -> Any:
             try:
                 choices = _conversation_choices(chat)
             except Exception as exc:  # the list is a convenience: never break the page
-                gr.Warning(_sentence(exc))
+                gr.Warning(sentence(exc))
                 return gr.update()
             return gr.update(choices=choices, value=state.get("conversation_id"))
-
-        def upload_slide(path: str, progress: gr.Progress) -> dict[str, Any]:
-            """web.upload.upload_slide with Gradio's progress bar; errors as a sentence."""
-            try:
-                chat.received.check(path)  # before the path is looked at (web/upload_guard.py)
-                return uploads.upload_slide(
-                    chat,
-                    path,
-                    file_name=Path(path).name,
-                    progress=lambda fraction, text: progress(fraction, desc=text),
-                )
-            except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
 
         def on_upload(path: str | None, state: dict[str, Any], progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
             if not path:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            result = upload_slide(path, progress)
+            result = upload_slide(chat, path, progress)
             state = _session_of(result)
             return state, result["viewer_state"], [], "", refresh_conversations(state)
 
         def run_answer(
-            stream_factory: Callable[[], Iterator[handlers.AskUpdate]],
+            start: Callable[[], handlers.Answering],
             state: dict[str, Any],
             messages: list[dict[str, Any]],
             question_text: str,
         ) -> Iterator[tuple]:
-            """Stream an answer into the chat: (chatbot, question box, viewer, region)."""
+            """Stream an answer into the chat: (chatbot, question box, viewer, region). The
+            chat is updated from what the answer brings (its last update carries the message
+            and the overlays built from the Answer); the log is read back only after a
+            failure, to show what of it was logged."""
             conversation_id = state.get("conversation_id")
             try:
-                stream = stream_factory()
-                shown = list(messages)
+                stream = start()
+                shown = [*messages, {"role": "user", "content": stream.message}]
                 yield shown, "", gr.skip(), gr.skip()
                 for update in stream:
+                    live = [*shown, {"role": "assistant", "content": update.text}]
                     if update.done:
-                        loaded = chat.store.load_conversation(conversation_id)
-                        shown = handlers.chat_messages(loaded["turns"])
                         layers = viewer_state(state["slide_id"], state["meta"], update.layers)
-                        yield shown, "", layers, ""
+                        yield live, "", layers, ""
                     else:
-                        live = [*shown, {"role": "assistant", "content": update.text}]
                         yield live, "", gr.skip(), gr.skip()
             except Exception as exc:
-                message = _sentence(exc)
+                message = sentence(exc)
                 try:  # show what was logged (a failed answer is logged with its error)
                     loaded = chat.store.load_conversation(conversation_id)
                     shown = handlers.chat_messages(loaded["turns"])
@@ -274,47 +227,57 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                 gr.Warning(message)
                 yield shown, (question_text if nothing_logged else ""), gr.skip(), gr.skip()
 
-        def on_ask(question_text, state, region_value, mode_value, s_value, tokens, temp, messages):
+        def on_ask(
+            question_text,
+            state,
+            region_value,
+            mode_value,
+            s_value,
+            tokens,
+            temp,
+            messages,
+            request: gr.Request,
+        ):
             if not state.get("slide_id"):
                 raise gr.Error("Upload a slide first; questions are about the slide in the viewer.")
-            if not (question_text or "").strip():
-                raise gr.Error("The question is empty; type a question about the slide.")
             try:
-                options = _options(mode_value, s_value, tokens, temp)
+                options = form_options(mode_value, s_value, tokens, temp)
                 if not state.get("conversation_id"):  # the slide opened at start
                     conversation_id = handlers.new_conversation(chat, state["slide_id"])
                     state = {**state, "conversation_id": conversation_id}
             except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
+                raise gr.Error(sentence(exc)) from None
             conversation_id = state["conversation_id"]
-            shown_question = as_text(question_text.strip())
-            pending = [*(messages or []), {"role": "user", "content": shown_question}]
 
-            def factory() -> Iterator[handlers.AskUpdate]:
+            def start() -> handlers.Answering:
                 return handlers.ask(
                     chat, conversation_id, question_text, options, region=region_value
                 )
 
-            for outputs in run_answer(factory, state, pending, question_text):
-                yield (*outputs, state)
+            with one_question(chat, request):
+                for outputs in run_answer(start, state, list(messages or []), question_text):
+                    yield (*outputs, state)
 
-        def on_retry(state, mode_value, s_value, tokens, temp, messages):
+        def on_retry(state, mode_value, s_value, tokens, temp, messages, request: gr.Request):
             conversation_id = state.get("conversation_id")
             if not conversation_id:
                 raise gr.Error("Upload a slide first.")
             try:
-                options = _options(mode_value, s_value, tokens, temp)
+                options = form_options(mode_value, s_value, tokens, temp)
             except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
+                raise gr.Error(sentence(exc)) from None
             kept = list(messages or [])
             if kept and kept[-1]["role"] == "assistant":
                 kept = kept[:-1]
+            if kept and kept[-1]["role"] == "user":
+                kept = kept[:-1]  # shown again as the question answered
 
-            def factory() -> Iterator[handlers.AskUpdate]:
+            def start() -> handlers.Answering:
                 return handlers.retry(chat, conversation_id, options)
 
-            for chat_value, _question, layers, region_value in run_answer(factory, state, kept, ""):
-                yield chat_value, layers, region_value
+            with one_question(chat, request):
+                for chat_value, _q, layers, region_value in run_answer(start, state, kept, ""):
+                    yield chat_value, layers, region_value
 
         def on_stop(state):
             conversation_id = state.get("conversation_id")
@@ -328,7 +291,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             try:
                 result = handlers.undo(chat, conversation_id)
             except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
+                raise gr.Error(sentence(exc)) from None
             if result["question"] is None:
                 gr.Info("There is nothing to undo.")
             layers = viewer_state(state["slide_id"], state["meta"], result["layers"])
@@ -342,7 +305,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             try:
                 handlers.feedback(chat, conversation_id, data.index, liked)
             except Exception as exc:
-                gr.Warning(_sentence(exc))
+                gr.Warning(sentence(exc))
 
         def on_reopen(conversation_id, state):
             if not conversation_id or conversation_id == state.get("conversation_id"):
@@ -350,7 +313,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             try:
                 result = handlers.reopen_conversation(chat, conversation_id)
             except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
+                raise gr.Error(sentence(exc)) from None
             return _session_of(result), result["viewer_state"], result["messages"], ""
 
         def on_new(state):
@@ -359,23 +322,16 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             try:
                 conversation_id = handlers.new_conversation(chat, state["slide_id"])
             except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
+                raise gr.Error(sentence(exc)) from None
             state = {**state, "conversation_id": conversation_id}
             layers = viewer_state(state["slide_id"], state["meta"], handlers.empty_layers())
             return state, [], layers, ""
-
-        def write_export(conversation_id: str, fmt: str) -> str:
-            """The export written into the private download folder; errors as a sentence."""
-            try:
-                return str(downloads.export(chat, conversation_id, fmt))
-            except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
 
         def on_export(state, fmt):
             conversation_id = state.get("conversation_id")
             if not conversation_id:
                 raise gr.Error("There is no conversation to export yet; upload a slide first.")
-            return write_export(conversation_id, fmt)
+            return write_export(chat, downloads, conversation_id, fmt)
 
         private = {"api_visibility": "private"}
         upload.upload(
@@ -426,57 +382,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
         export_button.click(on_export, [session, export_format], [export_file], **private)
         demo.load(refresh_conversations, [session], [conversations], **private)
 
-        # --- the named API ----------------------------------------------------------------
-
-        def api_upload(path: str | None, progress=gr.Progress()) -> dict[str, Any]:  # noqa: B008
-            """Upload a slide; returns {slide_id, conversation_id, meta}."""
-            if not path:
-                raise gr.Error("No file was sent.")
-            result = upload_slide(path, progress)
-            return {k: result[k] for k in ("slide_id", "conversation_id", "meta")}
-
-        def api_ask(conversation_id, question, pgdfc_mode, s, max_new_tokens, temperature, region):
-            """Ask in a conversation; streams {text, done, turn_id, answer, layers}."""
-            try:
-                options = _options(pgdfc_mode or "attention", s, max_new_tokens, temperature)
-                stream = handlers.ask(
-                    chat, conversation_id or "", question or "", options, region=region or None
-                )
-                for update in stream:
-                    yield update.to_dict()
-            except Exception as exc:
-                raise gr.Error(_sentence(exc)) from None
-
-        def api_export(conversation_id, fmt):
-            """Export a conversation as json, geojson or html; returns the file."""
-            return write_export(conversation_id or "", fmt)
-
-        api_upload_button.click(
-            api_upload,
-            [api_file],
-            [api_upload_out],
-            api_name="upload",
-            concurrency_limit=2,
-            concurrency_id="omnipath-upload",
-        )
-        api_ask_button.click(
-            api_ask,
-            [
-                api_conversation,
-                api_question,
-                api_mode,
-                api_s,
-                api_max_tokens,
-                api_temperature,
-                api_region,
-            ],
-            [api_ask_out],
-            api_name="ask",
-            concurrency_limit=chat.settings.max_concurrent_answers,
-            concurrency_id=ANSWER_CONCURRENCY,
-        )
-        api_export_button.click(
-            api_export, [api_conversation, api_format], [api_export_out], api_name="export"
-        )
+        add_named_api(chat, downloads)
+        demo.queue(max_size=chat.settings.max_queued_questions)
     demo.omnipath_services = chat  # type: ignore[attr-defined]  # tests and the launcher
     return demo

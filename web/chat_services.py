@@ -8,7 +8,6 @@ see web/config.py for their defaults, OMNIPATH_* variables and flags.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,12 @@ from typing import Any
 from web.config import WebConfig
 from web.services import WebServices, build_services
 from web.upload_guard import ReceivedUploads
+
+# Said to a browser session (or API client) that asks while its last question is answered.
+ONE_QUESTION = (
+    "Your previous question is still being answered; wait for its answer or press Stop, "
+    "then ask again."
+)
 
 
 @dataclass
@@ -30,9 +35,26 @@ class ChatServices:
     # Stop flags of the answers being generated now, by conversation id.
     stops: dict[str, threading.Event] = field(default_factory=dict)
     stops_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Browser sessions (Gradio's session_hash) with a question being answered: one each.
+    asking_sessions: set[str] = field(default_factory=set)
     # The files Gradio's upload route stored (recorded by web.upload_guard.UploadGuard); the
     # upload handlers take no other path.
     received: ReceivedUploads = field(default_factory=ReceivedUploads)
+
+    def claim_question_slot(self, session: str | None) -> bool:
+        """Take the browser session's one question slot; False when a question of it is
+        being answered already (no session, as in direct calls: always True)."""
+        if session is None:
+            return True
+        with self.stops_lock:
+            if session in self.asking_sessions:
+                return False
+            self.asking_sessions.add(session)
+            return True
+
+    def free_question_slot(self, session: str | None) -> None:
+        with self.stops_lock:
+            self.asking_sessions.discard(session)
 
     @property
     def registry(self) -> Any:
@@ -105,8 +127,3 @@ def build_chat_services(
         store = build_store(config)
     config.uploads_dir.mkdir(parents=True, exist_ok=True)
     return ChatServices(web=web, engine=engine, store=store, settings=config)
-
-
-def replace_settings(services: ChatServices, **changes: Any) -> ChatServices:
-    """A copy of `services` with some settings changed (tests: a small upload limit)."""
-    return dataclasses.replace(services, settings=dataclasses.replace(services.settings, **changes))

@@ -14,15 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnipath.errors import OmniPathError
+from omnipath.facts import DTYPE_NAMES, QUANTIZATIONS, is_demo_model
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024**3
-# Model ids that are demonstrations, not diagnostic models (labelled so in the banner).
-# Model names labelled a demonstration in the banner: the exact names, or any id naming
-# omnipath-mini (a plain substring "mini" would also catch, say, phi-3-mini).
-DEMO_MODEL_NAMES = ("tiny", "mini")
-DEMO_MODEL_MARKERS = ("omnipath-mini",)
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZATIONS = ("4bit", "8bit")
 
 
 class ConfigError(OmniPathError):
@@ -65,6 +59,9 @@ class WebConfig:
     log_file_names: bool = False
     # Answers generated at once; more wait in Gradio's queue.
     max_concurrent_answers: int = 8
+    # Requests waiting in Gradio's queue (questions beyond max_concurrent_answers, uploads);
+    # one more is refused with a sentence ("busy, try again").
+    max_queued_questions: int = 64
     # Serve Gradio's API schema (/openapi.json) and queue monitoring summary; both need no login.
     expose_api_docs: bool = False
 
@@ -73,8 +70,7 @@ class WebConfig:
         """True when answers come from a demonstration model (said so in the banner)."""
         if self.model_is_demo is not None:
             return self.model_is_demo
-        name = self.model.lower()
-        return name in DEMO_MODEL_NAMES or any(marker in name for marker in DEMO_MODEL_MARKERS)
+        return is_demo_model(self.model)
 
     @property
     def uploads_dir(self) -> Path:
@@ -98,7 +94,7 @@ _SETTINGS: dict[str, str | None] = {
     "slide": "open this slide at start instead of the sample slide",
     "sample_slide": "do not generate or open the sample slide",
     "model": "mini (default, the embedded demonstration model), tiny, a model folder or a hub id",
-    "model_dtype": ", ".join(DTYPES),
+    "model_dtype": ", ".join(DTYPE_NAMES),
     "quantization": "4bit or 8bit (default none)",
     "device": "auto (default), cpu, cuda or cuda:N",
     "conversation": "chat template: vicuna_v1, llava_v1, mistral_instruct or llama_3 "
@@ -108,6 +104,7 @@ _SETTINGS: dict[str, str | None] = {
     "max_upload_bytes": None,
     "log_file_names": "keep uploaded file names in the log (they can identify patients)",
     "max_concurrent_answers": None,
+    "max_queued_questions": "requests waiting their turn before more are refused (default 64)",
     "expose_api_docs": "serve Gradio's /openapi.json and /monitoring pages (they need no login)",
 }
 # Flags that take no value: field name -> (flag, the value it sets).
@@ -164,9 +161,9 @@ def _validate(config: WebConfig) -> WebConfig:
         raise ConfigError(
             "The model cannot be empty; use mini for the embedded demonstration model."
         )
-    if config.model_dtype not in DTYPES:
+    if config.model_dtype not in DTYPE_NAMES:
         raise ConfigError(
-            f"The model precision must be one of {', '.join(DTYPES)}, not {config.model_dtype!r}."
+            f"The model precision must be one of {', '.join(DTYPE_NAMES)}, not {config.model_dtype!r}."
         )
     if config.quantization is not None and config.quantization not in QUANTIZATIONS:
         raise ConfigError(
@@ -177,6 +174,10 @@ def _validate(config: WebConfig) -> WebConfig:
     if config.max_concurrent_answers < 1:
         raise ConfigError(
             "At least one answer must be allowed at a time (max_concurrent_answers >= 1)."
+        )
+    if config.max_queued_questions < 1:
+        raise ConfigError(
+            "At least one request must be allowed to wait its turn (max_queued_questions >= 1)."
         )
     return config
 

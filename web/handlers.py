@@ -8,7 +8,6 @@ slide pixels (`l0_`). A conversation belongs to one slide; a new slide starts a 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,29 +16,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnipath.coords import L0Rect
 from omnipath.errors import (
     GenerationError,
     NotFoundError,
     OmniPathError,
     OptionsError,
 )
+from storage.overlays import Overlays
 from web.chat_services import ChatServices
 from web.messages import (
     NO_ANSWER,
+    answer_turn,
     chat_messages,
     empty_layers,
     last_answer,
     message_text,
     model_history,
+    question_turn,
     turn_layers,
+    viewer_layers,
 )
+from web.question import Question
 from web.viewer_component import viewer_state
 
 log = logging.getLogger(__name__)
 
-# A drawn region is about 60 characters of JSON; far longer text is not one (nor parsed).
-MAX_REGION_CHARS = 1000
 # An answer's text is saved as it grows, at most once per this many seconds (README, "Limits
 # chosen"): a crash loses at most this much of it, and the database sees at most two small
 # UPDATEs a second per answer.
@@ -84,7 +85,7 @@ def reopen_conversation(services: ChatServices, conversation_id: str) -> dict[st
     conversation = _load(services, conversation_id)
     _ensure_registered(services, conversation["slide"])
     slide_id = conversation["slide_id"]
-    meta = services.web.tiles.meta(slide_id).to_dict()
+    meta = services.web.tiles.meta(slide_id)
     last = last_answer(conversation["turns"])
     layers = turn_layers(last) if last is not None else empty_layers()
     return {
@@ -151,31 +152,6 @@ class AskUpdate:
         }
 
 
-def parse_region(value: Any, l0_width: int, l0_height: int) -> L0Rect | None:
-    """The rectangle the user drew: None / "" for none, else {x, y, w, h} (a dict or its JSON)
-    in level-0 pixels, clipped to the slide. OptionsError when it is not one."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    not_a_rectangle = OptionsError(
-        "The region must be a rectangle {x, y, w, h} in slide pixels; draw it again."
-    )
-    if isinstance(value, str) and len(value) > MAX_REGION_CHARS:
-        raise not_a_rectangle
-    try:
-        data = json.loads(value) if isinstance(value, str) else value
-        if not data:
-            return None
-        # round() refuses NaN (ValueError) and infinity (OverflowError): Infinity, 1e400
-        x, y, w, h = (round(float(data[k])) for k in ("x", "y", "w", "h"))
-    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
-        raise not_a_rectangle from None
-    x0, y0 = max(0, min(x, x + w)), max(0, min(y, y + h))
-    x1, y1 = min(l0_width, max(x, x + w)), min(l0_height, max(y, y + h))
-    if x1 - x0 < 1 or y1 - y0 < 1:
-        raise OptionsError("The region lies outside the slide or is empty; draw it again.")
-    return L0Rect(x0, y0, x1 - x0, y1 - y0)
-
-
 def stop_answer(services: ChatServices, conversation_id: str) -> bool:
     """Ask the answer being generated in this conversation to stop (the text so far is kept
     and logged). False when nothing is being generated there."""
@@ -187,6 +163,29 @@ def stop_answer(services: ChatServices, conversation_id: str) -> bool:
     return True
 
 
+class Answering:
+    """An answer being streamed (an iterator of AskUpdates) and the checked Question it
+    answers (what the chat shows as the question)."""
+
+    def __init__(self, question: Question, updates: Iterator[AskUpdate]) -> None:
+        self.question = question
+        self._updates = updates
+
+    def __iter__(self) -> Answering:
+        return self
+
+    def __next__(self) -> AskUpdate:
+        return next(self._updates)
+
+    def close(self) -> None:
+        self._updates.close()
+
+    @property
+    def message(self) -> str:
+        """The question's chat message (with the region it is about)."""
+        return message_text(question_turn(self.question.text, self.question.region_meta))
+
+
 def ask(
     services: ChatServices,
     conversation_id: str,
@@ -195,7 +194,7 @@ def ask(
     *,
     region: Any = None,
     stop: threading.Event | None = None,
-) -> Iterator[AskUpdate]:
+) -> Answering:
     """Answer `question` in the conversation, streaming AskUpdates. When the answer starts,
     the question and an answer "in progress" are logged together; the answer's text is saved
     as it grows (at most once per ANSWER_SAVE_INTERVAL_S) and the same row is completed at the
@@ -206,12 +205,10 @@ def ask(
     user drew ({x, y, w, h} level-0 pixels, or its JSON), passed to the engine as l0_region
     (a <mask> input map when the model has a mask encoder, else a sentence naming the region).
     Bad input (empty question, bad options, S above the slide's tissue cells, unknown
-    conversation) raises before anything is logged."""
-    if not isinstance(question, str) or not question.strip():
-        raise OptionsError("The question is empty; type a question about the slide.")
+    conversation) raises before anything is logged: web.question.Question.parse checks it."""
     conversation = _load(services, conversation_id)
-    request = _request(services, conversation, question.strip(), options, region)
-    return _run(services, request, conversation["turns"], stop)
+    checked = Question.parse(conversation, question, options, region)
+    return _answering(services, checked, conversation["slide"], conversation["turns"], stop)
 
 
 def retry(
@@ -220,7 +217,7 @@ def retry(
     options: Any = None,
     *,
     stop: threading.Event | None = None,
-) -> Iterator[AskUpdate]:
+) -> Answering:
     """Answer the last question again, replacing its answer (also one that failed or was
     interrupted) when the new one starts; same stream as ask."""
     conversation = _load(services, conversation_id)
@@ -232,47 +229,21 @@ def retry(
     region = (question.get("meta") or {}).get("l0_region")
     if region:
         region = dict(zip(("x", "y", "w", "h"), region, strict=True))
-    request = _request(services, conversation, question["text"], options, region, question["id"])
-    return _run(services, request, turns[: asked[-1]], stop)
-
-
-@dataclass
-class _Request:
-    """One question to answer: where, what, how (checked), and what it replaces."""
-
-    conversation_id: str
-    slide_id: str
-    question: str
-    options: Any  # omnipath.engine.AnswerOptions
-    l0_region: L0Rect | None
-    retry_of: str | None = None  # the question's turn id when answering it again
-
-    @property
-    def region_meta(self) -> dict[str, Any]:
-        r = self.l0_region
-        return {"l0_region": [r.x, r.y, r.w, r.h]} if r is not None else {}
-
-
-def _request(
-    services: ChatServices,
-    conversation: dict[str, Any],
-    question: str,
-    options: Any,
-    region: Any,
-    retry_of: str | None = None,
-) -> _Request:
-    from omnipath.engine import AnswerOptions
-
-    slide = conversation["slide"]
-    _ensure_registered(services, slide)
-    return _Request(
-        conversation_id=conversation["id"],
-        slide_id=slide["id"],
-        question=question,
-        options=AnswerOptions() if options is None else options,
-        l0_region=parse_region(region, slide["width"], slide["height"]),
-        retry_of=retry_of,
+    checked = Question.parse(
+        conversation, question["text"], options, region, retry_of=question["id"]
     )
+    return _answering(services, checked, conversation["slide"], turns[: asked[-1]], stop)
+
+
+def _answering(
+    services: ChatServices,
+    question: Question,
+    slide: dict[str, Any],
+    earlier_turns: list[dict[str, Any]],
+    stop: threading.Event | None,
+) -> Answering:
+    _ensure_registered(services, slide)
+    return Answering(question, _run(services, question, earlier_turns, stop))
 
 
 class _PartialText:
@@ -296,7 +267,7 @@ class _PartialText:
 
 def _run(
     services: ChatServices,
-    request: _Request,
+    request: Question,
     earlier_turns: list[dict[str, Any]],
     stop: threading.Event | None,
 ) -> Iterator[AskUpdate]:
@@ -310,14 +281,14 @@ def _run(
         stream = services.engine.answer(
             opened.slide,
             model_history(earlier_turns),
-            request.question,
+            request.text,
             options,
             stop=stop,
             l0_region=request.l0_region,
         )
         turn_id = store.begin_answer(
             conversation_id,
-            None if request.retry_of else request.question,
+            None if request.retry_of else request.text,
             retry_of=request.retry_of,
             pgdfc_mode=options.pgdfc_mode,
             s=options.s,
@@ -357,14 +328,14 @@ def _run(
             with services.stops_lock:
                 if services.stops.get(conversation_id) is stop:
                     del services.stops[conversation_id]
-    turn = store.get_turn(turn_id)
+    # the chat is updated from the Answer in memory, not read back from the log
     yield AskUpdate(
         conversation_id,
-        message_text(turn),
+        message_text(answer_turn(answer)),
         done=True,
         turn_id=turn_id,
         answer=answer.to_dict(),
-        layers=turn_layers(turn),
+        layers=viewer_layers(Overlays.of_answer(answer)),
     )
 
 

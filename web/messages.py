@@ -6,13 +6,10 @@ model sees of it as history. Plain functions of turn dicts; coordinates are leve
 from __future__ import annotations
 
 import html
-import io
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from web.viewer_component import mask_item
+from storage.overlays import Overlays
+from web.viewer_component import mask_item, rect_item
 
 # The notes under an answer that did not complete normally.
 INTERRUPTED_NOTE = "interrupted (the server stopped while answering); press Retry"
@@ -25,39 +22,51 @@ def empty_layers() -> dict[str, list]:
     return {"regions": [], "boxes": [], "masks": []}
 
 
-def _rect(value: Any) -> dict[str, int]:
-    if isinstance(value, dict):
-        return {k: int(value[k]) for k in ("x", "y", "w", "h")}
-    x, y, w, h = value
-    return {"x": int(x), "y": int(y), "w": int(w), "h": int(h)}
-
-
-def _mask_bitmap(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image.convert("L")) > 127
+def viewer_layers(overlays: Overlays) -> dict[str, list[dict[str, Any]]]:
+    """The viewer's layers of one answer's overlays: regions numbered by rank, boxes and
+    masks (as PNG data URLs), in level-0 pixels."""
+    regions = [
+        {
+            **rect_item(
+                r["l0_rect"],
+                f"Region {r['rank']}"
+                + (f" (probe score {r['score']:.3f})" if r.get("score") is not None else ""),
+            ),
+            "number": int(r["rank"]),
+        }
+        for r in overlays.regions
+    ]
+    boxes = [
+        rect_item(b["l0_rect"], b.get("label") or f"Box {i + 1}")
+        for i, b in enumerate(overlays.boxes)
+    ]
+    masks = [
+        mask_item(m.bitmap, m.l0_rect, m.label or f"Mask {i + 1}")
+        for i, m in enumerate(overlays.masks)
+    ]
+    return {"regions": regions, "boxes": boxes, "masks": masks}
 
 
 def turn_layers(turn: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The viewer's layers for one logged assistant turn (a Store turn dict): regions numbered
-    by rank, boxes and masks in level-0 pixels."""
-    regions = [
-        {
-            "l0_rect": _rect(r["l0_rect"]),
-            "number": int(r["rank"]),
-            "label": f"Region {r['rank']}"
-            + (f" (probe score {r['score']:.3f})" if r.get("score") is not None else ""),
-        }
-        for r in sorted(turn.get("regions") or [], key=lambda r: r["rank"])
-    ]
-    boxes = [
-        {"l0_rect": _rect(b["l0_rect"]), "label": b.get("label") or f"Box {i + 1}"}
-        for i, b in enumerate(turn.get("boxes") or [])
-    ]
-    masks = [
-        mask_item(_mask_bitmap(m["png"]), _rect(m["l0_rect"]), m.get("label") or f"Mask {i + 1}")
-        for i, m in enumerate(turn.get("masks") or [])
-    ]
-    return {"regions": regions, "boxes": boxes, "masks": masks}
+    """The viewer's layers for one logged assistant turn (a Store turn dict)."""
+    return viewer_layers(Overlays.of_turn(turn))
+
+
+def answer_turn(answer: Any) -> dict[str, Any]:
+    """An engine Answer as the assistant turn it is logged as (what message_text reads)."""
+    flags = {"stopped": answer.stopped, "timed_out": answer.timed_out}
+    return {
+        "role": "assistant",
+        "text": answer.text,
+        "status": "done",
+        "meta": flags,
+        "error": answer.error,
+    }
+
+
+def question_turn(text: str, region_meta: dict[str, Any]) -> dict[str, Any]:
+    """A question as the user turn it is logged as (what message_text reads)."""
+    return {"role": "user", "text": text, "meta": region_meta}
 
 
 def answer_notes(turn: dict[str, Any]) -> list[str]:

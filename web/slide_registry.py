@@ -8,7 +8,6 @@ concurrent tile requests never read a closed handle.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -17,16 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omnipath.errors import NotFoundError
+from omnipath.facts import is_slide_id
 
 T = TypeVar("T")
-
-# What content_hash produces (sha256 hex); anything else is not an id and never reaches a lookup.
-_SLIDE_ID = re.compile(r"[0-9a-f]{64}")
-
-
-def is_well_formed_id(slide_id: str) -> bool:
-    """True for strings shaped like a slide id (so `../x`, `%2e%2e` or `/etc` are rejected early)."""
-    return _SLIDE_ID.fullmatch(slide_id) is not None
 
 
 class OpenedSlide:
@@ -92,7 +84,7 @@ class SlideRegistry:
         if not path.is_file():
             raise NotFoundError(f"There is no slide file at {path.name!r}.")
         slide_id = self._hasher(path) if slide_id is None else slide_id
-        if not is_well_formed_id(slide_id):
+        if not is_slide_id(slide_id):
             raise ValueError(f"not a slide id (sha256 hex expected): {slide_id!r}")
         with self._lock:
             self._paths[slide_id] = path
@@ -184,7 +176,7 @@ class SlideRegistry:
             opened._close()
 
     def unregister(self, slide_id: str) -> None:
-        """Forget the id altogether (e.g. an upload that turned out not to be a slide)."""
+        """Forget the id altogether (an upload that was refused or could not be recorded)."""
         self.forget(slide_id)
         with self._lock:
             self._paths.pop(slide_id, None)

@@ -60,14 +60,6 @@ class TileCache:
                 self._bytes -= len(evicted)
                 self._evictions += 1
 
-    def discard_where(self, predicate) -> int:
-        """Remove every entry whose key satisfies `predicate`; returns how many were removed."""
-        with self._lock:
-            doomed = [key for key in self._items if predicate(key)]
-            for key in doomed:
-                self._bytes -= len(self._items.pop(key))
-            return len(doomed)
-
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(

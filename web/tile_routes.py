@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from omnipath.errors import NotFoundError, SlideError
+from omnipath.facts import SLIDE_ID_RE
 from web.tiles import TILE_FORMATS, TileService
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ _NUMBER = r"(0|[1-9][0-9]{0,%d})"
 _LEVEL = re.compile(_NUMBER % 3)
 _TILE_NAME = re.compile(rf"{_NUMBER % 8}_{_NUMBER % 8}\.(jpeg|png)")
 # The fast path splits the URL path; parse_tile_address checks the parts.
-_TILE_PATH = re.compile(r"/slides/([0-9a-f]{64})_files/([^/]+)/([^/]+)")
+_TILE_PATH = re.compile(rf"/slides/({SLIDE_ID_RE.pattern})_files/([^/]+)/([^/]+)")
 # Ids are content hashes: a tile's bytes never change, so browsers may keep them.
 _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 

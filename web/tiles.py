@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import io
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from openslide import OpenSlideError
 from PIL import Image, ImageCms
 
 from omnipath.errors import DamagedSlideError, NotFoundError, SlideError, echo
-from web.slide_registry import OpenedSlide, SlideRegistry, is_well_formed_id
+from omnipath.facts import is_slide_id
+from web.slide_registry import OpenedSlide, SlideRegistry
 from web.tile_cache import TileCache
 
 TILE_FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
@@ -55,20 +56,14 @@ def _tile_source_builder(tile_size: int, overlap: int):
     return build
 
 
-@dataclass(frozen=True)
-class SlideMeta:
-    """What the viewer needs besides the DZI: size and physical scale of level 0."""
+# What the viewer needs besides the DZI: level 0's size and physical scale, as SlideInfo
+# (omnipath.slide) states them.
+VIEWER_META_FIELDS = ("l0_width", "l0_height", "mpp_x", "mpp_y", "objective_power", "vendor")
 
-    slide_id: str
-    l0_width: int
-    l0_height: int
-    mpp_x: float | None
-    mpp_y: float | None
-    objective_power: float | None
-    vendor: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def viewer_meta(slide_id: str, info: Any) -> dict[str, Any]:
+    """{slide_id, l0_width, l0_height, mpp_x, mpp_y, objective_power, vendor} of a SlideInfo."""
+    return {"slide_id": slide_id, **{name: getattr(info, name) for name in VIEWER_META_FIELDS}}
 
 
 class TileService:
@@ -94,7 +89,7 @@ class TileService:
         self._dzi: dict[tuple[str, str], str] = {}
 
     def _check_id(self, slide_id: str) -> None:
-        if not is_well_formed_id(slide_id) or not self.registry.is_registered(slide_id):
+        if not is_slide_id(slide_id) or not self.registry.is_registered(slide_id):
             raise NotFoundError("This slide is not known to the server.")
 
     def _source(self, opened: OpenedSlide) -> TileSource:
@@ -115,19 +110,11 @@ class TileService:
             self._dzi[(slide_id, fmt)] = xml
         return xml
 
-    def meta(self, slide_id: str) -> SlideMeta:
+    def meta(self, slide_id: str) -> dict[str, Any]:
+        """viewer_meta() of a registered slide."""
         self._check_id(slide_id)
         with self.registry.lease(slide_id) as opened:
-            info = opened.slide.info
-        return SlideMeta(
-            slide_id=slide_id,
-            l0_width=info.l0_width,
-            l0_height=info.l0_height,
-            mpp_x=info.mpp_x,
-            mpp_y=info.mpp_y,
-            objective_power=info.objective_power,
-            vendor=info.vendor,
-        )
+            return viewer_meta(slide_id, opened.slide.info)
 
     def cached_tile(
         self, slide_id: str, dz_level: int, dz_col: int, dz_row: int, fmt: str
@@ -189,11 +176,3 @@ class TileService:
         else:
             image.save(buffer, "PNG", compress_level=1)
         return buffer.getvalue()
-
-    def forget_slide(self, slide_id: str) -> None:
-        """Drop the slide's cached tiles and descriptors (e.g. after its file was replaced)."""
-        self.cache.discard_where(lambda key: key[0] == slide_id)
-        with self._dzi_lock:
-            for fmt in TILE_FORMATS:
-                self._dzi.pop((slide_id, fmt), None)
-        self.registry.forget(slide_id)

@@ -130,7 +130,7 @@ def upload_slide(
     A file Gradio received is moved into the store (deleted if refused); any other file is
     copied and left where it is.
 
-    Returns {slide_id, conversation_id, meta (SlideMeta dict), viewer_state (JSON string)}.
+    Returns {slide_id, conversation_id, meta (web.tiles.viewer_meta), viewer_state (JSON string)}.
     Raises UploadTooLargeError, NotFoundError (no file), SlideError subclasses (not a slide,
     damaged, ...), storage's DatabaseError (the log cannot record it now)."""
     source = Path(path)
@@ -190,7 +190,7 @@ def _take(
             if before is not None:  # the same bytes known from elsewhere stay known
                 registry.register(before, slide_id=slide_id)
         raise
-    meta = services.web.tiles.meta(slide_id).to_dict()
+    meta = services.web.tiles.meta(slide_id)
     progress(1.0, "Ready")
     return {
         "slide_id": slide_id,

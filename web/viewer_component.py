@@ -1,7 +1,7 @@
 """The slide viewer as a Gradio component: OpenSeadragon (from npm) plus web/viewer/viewer.js.
 
 Python drives it with a JSON state string (the component's value), made by `viewer_state`:
-    {"dzi_url": "/slides/<id>.dzi", "meta": {...SlideMeta...}, "layers": {...}, "zoom_to": {...}}
+    {"dzi_url": "/slides/<id>.dzi", "meta": {...web.tiles.viewer_meta...}, "layers": {...}, "zoom_to": {...}}
 Each key is optional: without "dzi_url" the open slide stays and only the layers change.
 Layers are in level-0 pixels (`l0_rect` = {x, y, w, h}):
     regions: [{"l0_rect": ..., "label": "..."}]   numbered rectangles (where the model read)
@@ -94,11 +94,13 @@ def viewer_head() -> str:
 def _rect_dict(l0_rect: Any) -> dict[str, int]:
     if isinstance(l0_rect, dict):
         return {k: int(l0_rect[k]) for k in ("x", "y", "w", "h")}
+    if isinstance(l0_rect, list | tuple):
+        return dict(zip(("x", "y", "w", "h"), (int(v) for v in l0_rect), strict=True))
     return {"x": int(l0_rect.x), "y": int(l0_rect.y), "w": int(l0_rect.w), "h": int(l0_rect.h)}
 
 
 def rect_item(l0_rect: Any, label: str = "") -> dict[str, Any]:
-    """A regions/boxes layer item from an L0Rect (or an {x, y, w, h} dict)."""
+    """A regions/boxes layer item from an L0Rect, an {x, y, w, h} dict or [x, y, w, h]."""
     return {"l0_rect": _rect_dict(l0_rect), "label": label}
 
 
