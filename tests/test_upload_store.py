@@ -4,6 +4,7 @@ behind by a refused upload (stored file, SQLite -wal/-shm, registry entry, Gradi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sqlite3
@@ -15,7 +16,7 @@ from omnipath.errors import SlideError, UploadTooLargeError
 from omnipath.slide import Slide, content_hash, open_slide
 from storage import DatabaseError, Store
 from web import upload
-from web.chat_services import build_chat_services, replace_settings
+from web.chat_services import build_chat_services
 from web.config import WebConfig
 
 BUSY = "The database is busy right now; please try again in a moment."
@@ -119,7 +120,9 @@ def test_a_refused_received_file_is_deleted_and_others_are_kept(
         upload.upload_slide(services, notes)
     assert notes.is_file() and _store_contents(services) == []
 
-    small = replace_settings(services, max_upload_bytes=16)
+    small = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, max_upload_bytes=16)
+    )
     received = _received(gradio_dir, notes, "notes.tiff")
     with pytest.raises(UploadTooLargeError):  # refused before reading: deleted all the same
         upload.upload_slide(small, received)
