@@ -8,7 +8,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from omnipath.coords import L0Rect, ThumbFrame
 from omnipath.engine import Answer, AnswerOptions, Engine, MaskResult
@@ -18,10 +17,16 @@ from omnipath.engine.results import bitmap_rle
 from omnipath.engine.sampling import make_generator, next_token
 from omnipath.engine.thumbs import ThumbnailCache
 from omnipath.errors import DeviceOutOfMemoryError, OptionsError, TokenBudgetError
-
-SLIDE_W, SLIDE_H = 1600, 1000
-TISSUE_RIGHT = 720  # tissue only left of this level-0 x; the rest is white background
-
+from tests.engine_models import (
+    SLIDE_H,
+    SLIDE_W,
+    TISSUE_RIGHT,
+    tiny_llava_adapter,
+    tiny_model,
+)
+from tests.engine_models import (
+    write_slide as _write_slide,
+)
 
 # --- units without a model ------------------------------------------------------------------
 
@@ -141,10 +146,7 @@ def test_clean_text_defuses_placeholders() -> None:
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple:
-    from omnipath.model import OmniPathForConditionalGeneration, build_tiny_tokenizer, tiny_config
-
-    torch.manual_seed(0)
-    return OmniPathForConditionalGeneration(tiny_config()).eval(), build_tiny_tokenizer()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +154,6 @@ def engine(tiny: tuple) -> Engine:
     """One engine for the module: its thumbnail cache makes later questions cheap, as in use."""
     model, tokenizer = tiny
     return Engine(model, tokenizer, model_id="tiny", revision=None, demo=True)
-
-
-def _write_slide(path, *, tissue_right: int = TISSUE_RIGHT) -> None:
-    """A small H&E-like image: tissue (pink with purple nuclei) left of `tissue_right`."""
-    rng = np.random.default_rng(0)
-    image = Image.new("RGB", (SLIDE_W, SLIDE_H), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    if tissue_right > 0:
-        draw.rectangle((0, 0, tissue_right - 1, SLIDE_H - 1), fill=(225, 140, 185))
-        for _ in range(1500):
-            x, y = rng.integers(0, tissue_right - 6), rng.integers(0, SLIDE_H - 6)
-            draw.ellipse((x, y, x + 5, y + 5), fill=(110, 50, 140))
-    image.save(path)
 
 
 def _open_slide():
@@ -414,47 +403,9 @@ def test_engine_info(engine: Engine) -> None:
 
 
 def test_stock_llava_through_the_adapter_gets_pgdfc_and_no_masks(tiny: tuple, slide) -> None:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
-
-    from omnipath.model.configuration import TINY_IMAGE_ID, TINY_VOCAB_SIZE
-    from omnipath.model.llava_adapter import LlavaAdapter
-
     _, tokenizer = tiny
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=64,
-        patch_size=8,
-        projection_dim=16,
-    )
-    text = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    llava = LlavaForConditionalGeneration(
-        LlavaConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_index=TINY_IMAGE_ID,
-            image_seq_length=64,
-        )
-    ).eval()
     engine = Engine(
-        LlavaAdapter(llava), tokenizer, model_id="llava-tiny", revision="r1", demo=False
+        tiny_llava_adapter(), tokenizer, model_id="llava-tiny", revision="r1", demo=False
     )
     assert engine.info["supports_masks"] is False
     deltas, answer = _run(engine, slide, s=3)
