@@ -14,7 +14,6 @@ from omnipath.engine import Answer, AnswerOptions, Engine, MaskResult
 from omnipath.engine.masks import place_mask, region_map
 from omnipath.engine.prompt import build_prompt, clean_text
 from omnipath.engine.results import bitmap_rle
-from omnipath.engine.sampling import make_generator, next_token
 from omnipath.engine.thumbs import ThumbnailCache
 from omnipath.errors import DeviceOutOfMemoryError, OptionsError, TokenBudgetError
 from tests.engine_models import (
@@ -80,21 +79,6 @@ def test_options_from_a_form_take_whole_floats_as_whole_numbers() -> None:
     options = AnswerOptions.from_form(s=8.0, max_new_tokens=256.0, temperature=0.5)
     assert (options.s, options.max_new_tokens, options.temperature) == (8, 256, 0.5)
     assert isinstance(options.s, int) and isinstance(options.max_new_tokens, int)
-
-
-def test_greedy_and_seeded_top_p_sampling() -> None:
-    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
-    assert next_token(logits, temperature=0.0, top_p=1.0, generator=None) == 1
-    draws = [
-        next_token(logits, temperature=1.0, top_p=0.9, generator=make_generator(s))
-        for s in range(40)
-    ]
-    assert set(draws) <= {1, 2} and len(set(draws)) == 2  # token 0 and 3 lie outside top_p
-    again = [
-        next_token(logits, temperature=1.0, top_p=0.9, generator=make_generator(s))
-        for s in range(40)
-    ]
-    assert draws == again
 
 
 def test_place_mask_crops_padding_and_lands_on_level0() -> None:
@@ -298,6 +282,21 @@ def test_stop_event_and_timeout(engine: Engine, slide) -> None:
     assert late.tokens["prompt"] == 0 and "detail_patches" in late.tokens
 
 
+def _script_the_head(engine: Engine, script: list[int], monkeypatch) -> None:
+    """The LM head's logits favour the next token of `script` at each generation step (one
+    head call per step: generate keeps only the last position's logits)."""
+    head = engine.model.language_model.get_output_embeddings()
+    original, steps = head.forward, iter(script)
+
+    def scripted(hidden):
+        logits = original(hidden)
+        forced = torch.full_like(logits[:, -1], -1e4)
+        forced[:, next(steps)] = 1e4
+        return torch.cat([logits[:, :-1], forced[:, None]], dim=1)
+
+    monkeypatch.setattr(head, "forward", scripted)
+
+
 def test_masks_and_boxes_from_the_generated_text(engine: Engine, slide, monkeypatch) -> None:
     tokenizer = engine.tokenizer
     mask_id = engine.model.config.mask_token_id
@@ -307,8 +306,7 @@ def test_masks_and_boxes_from_the_generated_text(engine: Engine, slide, monkeypa
         + tokenizer(" and ", add_special_tokens=False)["input_ids"]
         + [mask_id, tokenizer.eos_token_id]
     )
-    steps = iter(script)
-    monkeypatch.setattr("omnipath.engine.core.next_token", lambda *a, **k: next(steps))
+    _script_the_head(engine, script, monkeypatch)
     deltas, answer = _run(engine, slide, max_new_tokens=64)
     assert answer.text.count("<mask>") == 2 and "".join(deltas) == answer.text
     assert len(answer.masks) == 2 and answer.tokens["masks"] == 2
@@ -487,9 +485,11 @@ def test_detail_cache_is_lru_and_keyed_by_slide_and_rect(slide) -> None:
     )
 
 
-def test_overlapped_reads_give_the_sequential_regions_and_answers(
+def test_the_probe_is_a_pre_pass_and_details_are_read_before_any_full_forward(
     tiny: tuple, slide, monkeypatch
 ) -> None:
+    """Ψ from layer 0 alone: the detail reads start before any layer after the probed one
+    runs; the only full forward is generate's prefill of [e_v, e_t, ê_v, ê_t]."""
     from omnipath import pgdfc
 
     model, tokenizer = tiny
@@ -501,34 +501,19 @@ def test_overlapped_reads_give_the_sequential_regions_and_answers(
         started(self, *args, **kwargs)
 
     monkeypatch.setattr(pgdfc.DetailReads, "__init__", logged_start)
-    last_layer = model.language_model.get_decoder().layers[-1]
-    hook = last_layer.register_forward_pre_hook(lambda m, a: events.append("last layer"))
-    answers, orders = {}, {}
-    for overlap in (True, False):
-        events.clear()
-        engine = Engine(
-            model,
-            tokenizer,
-            model_id="tiny",
-            revision=None,
-            demo=True,
-            detail_cache_size=0,
-            overlap_detail_reads=overlap,
-        )
-        answers[overlap] = [
-            _run(engine, slide, s=5, max_new_tokens=8)[1],
-            _run(engine, slide, s=3, pgdfc_mode="random", seed=3)[1],
-        ]
-        orders[overlap] = list(events)
-    hook.remove()
-    # overlapped: the reads start before the prefix prefill reaches its last layer;
-    # sequential: only after the prefill
-    assert orders[True][:2] == ["reads", "last layer"]
-    assert orders[False][:2] == ["last layer", "reads"]
-    for overlapped, sequential in zip(answers[True], answers[False], strict=True):
-        assert overlapped.regions == sequential.regions
-        assert overlapped.text == sequential.text
-        assert overlapped.tokens == sequential.tokens
+    layers = model.language_model.get_decoder().layers
+    hooks = [
+        layers[0].mlp.register_forward_pre_hook(lambda m, a: events.append("layer 0 mlp")),
+        layers[-1].register_forward_pre_hook(lambda m, a: events.append("last layer")),
+    ]
+    engine = Engine(model, tokenizer, model_id="tiny", revision=None, demo=True)
+    try:
+        _, answer = _run(engine, slide, s=5, max_new_tokens=3)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert events[:3] == ["reads", "layer 0 mlp", "last layer"]
+    assert answer.timings["probe"] > 0 and len(answer.regions) == 5
 
 
 def test_detail_scale_factors_keep_the_token_count_and_encode_one_tile() -> None:

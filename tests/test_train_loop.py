@@ -98,9 +98,11 @@ def test_probe_loss_moves_layer0_attention_onto_the_attend_map(tmp_path):
         for row in range(2):
             end = int(probe_inputs["probe_positions"][row]) + 1
             ids = inputs["input_ids"][row : row + 1, :end]
-            with torch.no_grad(), pgdfc.AttentionProbe(m.language_model) as probe:
-                m(input_ids=ids, images=inputs["images"][row : row + 1], use_cache=False)
-            cells = probe.row[0][(ids[0] == m.config.image_token_id).nonzero().flatten()]
+            with torch.no_grad():
+                thumb, _ = m.encode_images(inputs["images"][row : row + 1])
+                embeds = m.merge_embeddings(ids, m.embed_tokens(ids), thumb)
+                psi = pgdfc.probe_prepass(m.language_model, embeds).mean(dim=1)
+            cells = psi[0][(ids[0] == m.config.image_token_id).nonzero().flatten()]
             target = probe_inputs["attention_targets"][row]
             shares.append(float((cells * target).sum() / cells.sum()))
         return sum(shares) / len(shares)
