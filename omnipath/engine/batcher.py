@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,11 +109,16 @@ class Request:
         self._submitted = self._started = self._first = time.perf_counter()
         self.error: BaseException | None = None
         self._closed = False
+        self.cancelled = False
         self._events: queue.SimpleQueue = queue.SimpleQueue()
 
+    def cancel(self) -> None:
+        """The reader left (a closed tab): end this row at the next step, as a Stop."""
+        self.cancelled = True
+
     def interrupted(self) -> bool:
-        """Stop pressed or deadline passed (and remembered which)."""
-        if self.stop is not None and self.stop.is_set():
+        """Stop pressed, reader gone or deadline passed (and remembered which)."""
+        if self.cancelled or self.stop is not None and self.stop.is_set():
             self.stopped = True
         elif time.perf_counter() > self.deadline:
             self.timed_out = True
@@ -203,6 +209,7 @@ class Batcher:
         self._waiting: list[Request] = []
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._holds = 0
 
     def submit(self, request: Request) -> Request:
         request._submitted = time.perf_counter()
@@ -216,10 +223,34 @@ class Batcher:
             self._cond.notify()
         return request
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """No new batch starts inside this block (requests queue up); on leaving, the waiting
+        ones start together. For callers that know several questions come at once (tests,
+        benchmarks)."""
+        with self._cond:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify()
+
     def position(self, request: Request) -> int:
         """How many requests wait ahead of `request` (0: its batch runs, or it is done)."""
         with self._cond:
             return self._waiting.index(request) if request in self._waiting else 0
+
+    def withdraw(self, request: Request) -> bool:
+        """Take a still-waiting request out of the queue and end it (True), at once; False
+        when its batch runs already (it then ends at the batch's next step)."""
+        with self._cond:
+            if request not in self._waiting:
+                return False
+            self._waiting.remove(request)
+        request._close()
+        return True
 
     @property
     def waiting(self) -> int:
@@ -232,7 +263,7 @@ class Batcher:
                 for request in [r for r in self._waiting if r.interrupted()]:
                     self._waiting.remove(request)  # stopped while waiting: its slot is free
                     request._close()
-                if self._waiting:
+                if self._waiting and not self._holds:
                     break
                 self._cond.wait()
             first = self._waiting[0]

@@ -326,22 +326,11 @@ class Engine:
             keep_hidden=frozenset({mask_id}) if self.supports_masks else frozenset(),
         )
         self.batcher.submit(request)
-        emitted, ahead = "", None
-        for token in request.tokens():
-            if token is None:  # nothing new yet: still waiting for its batch?
-                position = self.batcher.position(request)
-                if queue_updates and position != ahead and not request.generated:
-                    ahead = position
-                    yield Queued(ahead=position)
-                continue
-            text = self._decode_text(request.generated)
-            if (
-                not text.endswith("\ufffd")
-                and text.startswith(emitted)
-                and len(text) > len(emitted)
-            ):
-                yield text[len(emitted) :]
-                emitted = text
+        emitted = ""
+        for delta in self._deltas(request, queue_updates):
+            if isinstance(delta, str):
+                emitted += delta
+            yield delta
         timings.update(request.timings)
         answer.stopped, answer.timed_out = request.stopped, request.timed_out
         tokens["generated"] = len(request.generated)
@@ -353,6 +342,31 @@ class Engine:
             len(mask_hidden) if self.supports_masks else request.generated.count(mask_id)
         )
         yield self._finish(answer, start, ready.thumb.frame, ready.thumb.feature_map, mask_hidden)
+
+    def _deltas(self, request: Request, queue_updates: bool) -> Iterator[str | Queued]:
+        """The request's text as it grows (whole characters only), and `Queued` places while
+        it waits. A Stop while queued frees the slot at once; so does closing the stream (a
+        closed tab), which otherwise ends its row at the batch's next step."""
+        emitted, ahead = "", None
+        try:
+            for token in request.tokens():
+                if token is not None:
+                    text = self._decode_text(request.generated)
+                    if not text.endswith("\ufffd") and text.startswith(emitted):
+                        if len(text) > len(emitted):
+                            yield text[len(emitted) :]
+                            emitted = text
+                elif request.interrupted():
+                    self.batcher.withdraw(request)
+                elif queue_updates and not request.generated:
+                    position = self.batcher.position(request)
+                    if position != ahead:
+                        ahead = position
+                        yield Queued(ahead=position)
+        finally:
+            if not request.finished:
+                request.cancel()
+                self.batcher.withdraw(request)
 
     def _prepare(
         self,
