@@ -303,6 +303,16 @@ def cell_region(read_rect: L0Rect, l0_width: int, l0_height: int) -> L0Rect | No
     return clipped if clipped.w > 0 and clipped.h > 0 else None
 
 
+def slide_mpp(slide: Any) -> float | None:
+    """µm per level-0 pixel, from the slide's metadata or its objective power (10 / ×)."""
+    info = getattr(slide, "info", None)
+    mpp = getattr(info, "mpp_x", None)
+    if mpp:
+        return float(mpp)
+    power = getattr(info, "objective_power", None)
+    return 10.0 / float(power) if power else None
+
+
 def detail_window_l0(
     *, encoder_side: int, slide_mpp: float | None, detail_mpp: float | None
 ) -> float | None:

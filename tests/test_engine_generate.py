@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from omnipath.engine import AnswerOptions, Engine
+from omnipath.engine.outputs import decode_text
 from tests.engine_models import tiny_llava_adapter, tiny_model, write_slide
 
 
@@ -75,7 +76,7 @@ def check_against_reference(engine: Engine, slide, **options) -> None:
     prompt = recorder.prompt(answer.tokens["prompt"])
     expected = reference_greedy(engine, prompt, options.max_new_tokens)
     assert answer.tokens["generated"] == len(expected)
-    assert answer.text == engine._decode_text(expected)
+    assert answer.text == decode_text(engine.tokenizer, expected, engine.model.config.mask_token_id)
 
 
 @pytest.fixture(scope="module")

@@ -30,43 +30,33 @@ import numpy as np
 import torch
 
 from omnipath import pgdfc
-from omnipath.boxes import boxes_from_text
 from omnipath.coords import L0Rect, ThumbFrame
 from omnipath.engine.batcher import Batcher, Request, Sampling
 from omnipath.engine.details import DetailCache
-from omnipath.engine.masks import place_mask, region_map, region_sentence
+from omnipath.engine.masks import region_map, region_sentence
 from omnipath.engine.options import MAX_NEW_TOKENS_LIMIT, AnswerOptions, check_question
-from omnipath.engine.prompt import PromptIds, build_prompt, check_history, detail_block_ids
+from omnipath.engine.outputs import decode_text, dtype_of, finish_answer
+from omnipath.engine.prompt import (
+    PromptIds,
+    build_prompt,
+    check_history,
+    detail_block_ids,
+    stop_token_ids_of,
+)
 from omnipath.engine.results import Answer, Queued, Region
-from omnipath.engine.thumbs import ThumbFeatures, ThumbnailCache
-from omnipath.errors import CapabilityError, DeviceOutOfMemoryError, OptionsError
+from omnipath.engine.thumbs import Look, ThumbFeatures, ThumbnailCache, look_at
+from omnipath.errors import DeviceOutOfMemoryError, OptionsError
 
 log = logging.getLogger(__name__)
 
-STAGES = (
-    "thumbnail",
-    "vision",
-    "probe",
-    "detail_read",
-    "detail_encode",
-    "queue",
-    "prefill",
-    "decode",
-)
+STAGES = tuple("thumbnail vision probe detail_read detail_encode queue prefill decode".split())
 # Answer.tokens: prompt (all input tokens), thumbnail (N image tokens), detail (detail blocks:
 # image tokens + position texts), detail_patches (kept), detail_patches_dropped (budget),
-# generated, masks (generated <mask> tokens), history_messages, thumbnail_cached (0/1).
-TOKEN_COUNTS = (
-    "prompt",
-    "thumbnail",
-    "detail",
-    "detail_patches",
-    "detail_patches_dropped",
-    "generated",
-    "masks",
-    "history_messages",
-    "thumbnail_cached",
-    "detail_patches_cached",
+# generated, masks (generated <mask> tokens), history_messages, thumbnail_cached (0/1),
+# detail_patches_cached (patches taken from the detail cache).
+TOKEN_COUNTS = tuple(
+    "prompt thumbnail detail detail_patches detail_patches_dropped generated masks "
+    "history_messages thumbnail_cached detail_patches_cached".split()
 )
 
 
@@ -74,19 +64,6 @@ def _sync(device: torch.device) -> None:
     """Wait for queued GPU work so a stage's time is its own (CPU: nothing to wait for)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@dataclass
-class _Look:
-    """A slide's square thumbnail and its tissue grid (grid×grid tissue fraction), made when
-    a question is asked so S is checked then; `features` when the vision features are
-    cached already, else `seconds` it took to render."""
-
-    frame: ThumbFrame
-    image: Any  # PIL image, side×side RGB
-    tissue: np.ndarray
-    seconds: float = 0.0
-    features: ThumbFeatures | None = None
 
 
 @dataclass
@@ -134,7 +111,9 @@ class Engine:
         self.thumbs = ThumbnailCache(thumb_cache_size)
         self.details = DetailCache(detail_cache_size)
         self._prepare_lock = threading.Lock()
-        self._stop_ids = self._find_stop_ids() if stop_token_ids is None else set(stop_token_ids)
+        self._stop_ids = (
+            stop_token_ids_of(model, tokenizer) if stop_token_ids is None else set(stop_token_ids)
+        )
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             pad = min(self._stop_ids, default=0)
@@ -172,13 +151,6 @@ class Engine:
             "supports_masks": self.supports_masks,
         }
 
-    def _dtype_of(self, submodule: str) -> torch.dtype:
-        """The parameter dtype of one of the model's parts (16-bit next to a 4-bit LLM)."""
-        module = getattr(self.model, submodule, None)
-        for parameter in module.parameters() if module is not None else ():
-            return parameter.dtype
-        return next(self.model.parameters()).dtype
-
     @property
     def _pgdfc_config(self) -> Any:
         return getattr(self.model.config, "pgdfc_config", None)
@@ -191,35 +163,6 @@ class Engine:
     def context_length(self) -> int | None:
         config = self.model.language_model.config
         return getattr(config, "max_position_embeddings", None)
-
-    def _find_stop_ids(self) -> set[int]:
-        """End of answer: the EOS ids, plus the chat template's end-of-turn marker when it is a
-        special token (ChatML's <|im_end|>, Llama 3's <|eot_id|>)."""
-        stop: set[int] = set()
-        for source in (
-            getattr(self.tokenizer, "eos_token_id", None),
-            getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
-            getattr(self.model.language_model.config, "eos_token_id", None),
-        ):
-            if isinstance(source, int):
-                stop.add(source)
-            elif isinstance(source, list | tuple):
-                stop.update(int(s) for s in source)
-        if getattr(self.tokenizer, "chat_template", None):
-            try:
-                marker = "\ue000end\ue000"
-                text = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
-                    tokenize=False,
-                )
-                after = text.split(marker, 1)[1]
-                ids = self.tokenizer(after, add_special_tokens=False)["input_ids"]
-                special = set(getattr(self.tokenizer, "all_special_ids", []))
-                if ids and ids[0] in special:
-                    stop.add(int(ids[0]))
-            except Exception:  # a template that cannot render this probe: EOS alone
-                log.debug("no end-of-turn marker found in the chat template", exc_info=True)
-        return stop
 
     # --- the public call ----------------------------------------------------------------
 
@@ -288,7 +231,7 @@ class Engine:
         self,
         slide: Any,
         key: Any,
-        look: _Look,
+        look: Look,
         history: list[dict],
         question: str,
         options: AnswerOptions,
@@ -304,7 +247,7 @@ class Engine:
         if stop is not None and stop.is_set() or options.timeout_s < 1e-3:
             answer.stopped = stop is not None and stop.is_set()
             answer.timed_out = not answer.stopped
-            yield self._finish(answer, start, look.frame, None, [])
+            yield finish_answer(self.model, answer, start, look.frame, None, [])
             return
         with self._prepare_lock:
             ready = self._prepare(slide, key, look, history, question, options, l0_region, answer)
@@ -334,14 +277,18 @@ class Engine:
         timings.update(request.timings)
         answer.stopped, answer.timed_out = request.stopped, request.timed_out
         tokens["generated"] = len(request.generated)
-        answer.text = self._decode_text(request.generated)
+        answer.text = decode_text(
+            self.tokenizer, request.generated, self.model.config.mask_token_id
+        )
         if answer.text.startswith(emitted) and len(answer.text) > len(emitted):
             yield answer.text[len(emitted) :]
         mask_hidden = [request.hidden[i] for i, t in enumerate(request.generated) if t == mask_id]
         tokens["masks"] = (
             len(mask_hidden) if self.supports_masks else request.generated.count(mask_id)
         )
-        yield self._finish(answer, start, ready.thumb.frame, ready.thumb.feature_map, mask_hidden)
+        yield finish_answer(
+            self.model, answer, start, ready.thumb.frame, ready.thumb.feature_map, mask_hidden
+        )
 
     def _deltas(self, request: Request, queue_updates: bool) -> Iterator[str | Queued]:
         """The request's text as it grows (whole characters only), and `Queued` places while
@@ -351,7 +298,9 @@ class Engine:
         try:
             for token in request.tokens():
                 if token is not None:
-                    text = self._decode_text(request.generated)
+                    text = decode_text(
+                        self.tokenizer, request.generated, self.model.config.mask_token_id
+                    )
                     if not text.endswith("\ufffd") and text.startswith(emitted):
                         if len(text) > len(emitted):
                             yield text[len(emitted) :]
@@ -372,7 +321,7 @@ class Engine:
         self,
         slide: Any,
         key: Any,
-        look: _Look,
+        look: Look,
         history: list[dict],
         question: str,
         options: AnswerOptions,
@@ -426,26 +375,14 @@ class Engine:
             tokens.update(detail_patches=len(regions), detail_patches_dropped=plan.dropped)
         return _Prepared(torch.cat([prefix, rest], dim=1), thumb, regions)
 
-    def _look(self, slide: Any, key: Any) -> _Look:
-        """The slide's square thumbnail and tissue grid (no model call): the cached
-        ThumbFeatures when the slide was seen, else rendered now."""
-        side = int(self.model.thumb_side)
-        cached = self.thumbs.get(key, side)
-        if cached is not None:
-            return _Look(cached.frame, cached.image, cached.tissue, features=cached)
-        from omnipath.slide.tissue import tissue_fraction
+    def _look(self, slide: Any, key: Any) -> Look:
+        """The slide's square thumbnail and tissue grid (cached features when seen)."""
+        return look_at(slide, key, self.thumbs, int(self.model.thumb_side), self.model.grid)
 
-        started = time.perf_counter()
-        frame = ThumbFrame(int(slide.l0_width), int(slide.l0_height), side)
-        image = frame.render(slide.thumbnail(side))
-        grid = self.model.grid
-        tissue = np.asarray(tissue_fraction(image, (grid, grid)), dtype=np.float32)
-        return _Look(frame, image, tissue, seconds=time.perf_counter() - started)
-
-    def _tissue_cells(self, look: _Look) -> np.ndarray:
+    def _tissue_cells(self, look: Look) -> np.ndarray:
         return pgdfc.tissue_cells(look.tissue, self._setting("background_threshold", 0.2))
 
-    def _thumbnail(self, key: Any, look: _Look, timings: dict, tokens: dict) -> ThumbFeatures:
+    def _thumbnail(self, key: Any, look: Look, timings: dict, tokens: dict) -> ThumbFeatures:
         """The slide's thumbnail with its vision features (encoded now unless cached)."""
         tokens["thumbnail_cached"] = int(look.features is not None)
         if look.features is not None:
@@ -473,7 +410,9 @@ class Engine:
         if not self.supports_masks:
             return None, region_sentence(clipped, frame.l0_width, frame.l0_height)
         with torch.inference_mode():
-            region = region_map(clipped, frame).to(self.device, self._dtype_of("mask_encoder"))
+            region = region_map(clipped, frame).to(
+                self.device, dtype_of(self.model, "mask_encoder")
+            )
             embeds = self.model.encode_masks(region)
         return embeds, None
 
@@ -499,7 +438,7 @@ class Engine:
     def _plan(
         self,
         slide: Any,
-        look: _Look,
+        look: Look,
         thumb: ThumbFeatures,
         psi: np.ndarray,
         prompt: PromptIds,
@@ -516,7 +455,7 @@ class Engine:
             s=options.s,
             seed=options.seed,
             context=float(self._setting("context_fraction", pgdfc.DETAIL_CONTEXT)),
-            slide_mpp=_slide_mpp(slide),
+            slide_mpp=pgdfc.slide_mpp(slide),
             detail_mpp=10.0 / float(self._setting("detail_magnification", 20.0)),
             # what the encoder consumes per detail patch (OmniPath: max(detail_scale_factors)
             # × the base tile; the LLaVA adapter: its thumbnail side)
@@ -558,67 +497,3 @@ class Engine:
                 parts[index] = part
                 self.details.put(key, keys[index], part)
         return torch.stack(parts)
-
-    def _embed(self, ids: list[int], image_tokens: Any, mask_embeds: Any) -> torch.Tensor:
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        embeds = self.model.embed_tokens(input_ids)
-        config = self.model.config
-        has_slots = any(t in (config.image_token_id, config.mask_token_id) for t in ids)
-        if has_slots:
-            embeds = self.model.merge_embeddings(input_ids, embeds, image_tokens, mask_embeds)
-        return embeds
-
-    def _decode_text(self, ids: list[int]) -> str:
-        """Generated ids → text: special tokens dropped, except `<mask>` kept as "<mask>"
-        so the reader sees where each mask belongs."""
-        mask_id = self.model.config.mask_token_id
-        pieces: list[list[int]] = [[]]
-        for token in ids:
-            if token == mask_id:
-                pieces.append([])
-            else:
-                pieces[-1].append(token)
-        texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in pieces]
-        return "<mask>".join(texts)
-
-    def _finish(
-        self,
-        answer: Answer,
-        start: float,
-        frame: ThumbFrame,
-        feature_map: torch.Tensor | None,
-        mask_hidden: list[torch.Tensor],
-    ) -> Answer:
-        """Boxes from the text, masks from the `<mask>` states, total time."""
-        box_format = str(getattr(self.model.config, "box_format", "rel_xyxy"))
-        answer.boxes = boxes_from_text(
-            answer.text,
-            l0_width=frame.l0_width,
-            l0_height=frame.l0_height,
-            frame="square" if "square" in box_format else "slide",
-            thumb_frame=frame,
-        )
-        if answer.tokens["masks"] and not self.supports_masks:
-            answer.error = str(
-                CapabilityError("This model cannot draw masks; only its text is shown.")
-            )
-        elif mask_hidden:
-            started = time.perf_counter()
-            with torch.inference_mode():
-                hidden = torch.stack(mask_hidden).to(self._dtype_of("mask_decoder"))
-                feature_map = feature_map.unsqueeze(0).expand(len(mask_hidden), -1, -1, -1)
-                logits = self.model.decode_masks(hidden, feature_map)
-            answer.masks = [place_mask(m, frame) for m in logits]
-            answer.timings["masks"] = time.perf_counter() - started
-        answer.timings["total"] = time.perf_counter() - start
-        return answer
-
-
-def _slide_mpp(slide: Any) -> float | None:
-    """µm per level-0 pixel, from the slide's metadata or its objective power (10 / ×)."""
-    info = getattr(slide, "info", None)
-    mpp = getattr(info, "mpp_x", None)
-    if mpp:
-        return float(mpp)
-    power = getattr(info, "objective_power", None)
-    return 10.0 / float(power) if power else None
