@@ -19,7 +19,6 @@ inside inference mode.
 from __future__ import annotations
 
 import gc
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -46,8 +45,7 @@ from omnipath.engine.prompt import (
 from omnipath.engine.results import Answer, Queued, Region
 from omnipath.engine.thumbs import Look, ThumbFeatures, ThumbnailCache, look_at
 from omnipath.errors import DeviceOutOfMemoryError, OptionsError
-
-log = logging.getLogger(__name__)
+from omnipath.model.protocol import EngineModel
 
 STAGES = tuple("thumbnail vision probe detail_read detail_encode queue prefill decode".split())
 # Answer.tokens: prompt (all input tokens), thumbnail (N image tokens), detail (detail blocks:
@@ -84,7 +82,7 @@ class Engine:
 
     def __init__(
         self,
-        model: Any,
+        model: EngineModel,
         tokenizer: Any,
         *,
         model_id: str,

@@ -32,12 +32,13 @@ IMAGE_TEXT = "<image>"
 MASK_TEXT = "<mask>"
 ROLES = ("system", "user", "assistant")
 
-# Used only when a tokenizer has no chat template; the same as training's fallback.
+# Used only when a tokenizer has no chat template (some test tokenizers).
 _FALLBACK_ROLE_PREFIX = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
 
 
 def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> str:
-    """The chat as text: the tokenizer's chat template, or training's plain fallback."""
+    """The chat as text: the tokenizer's chat template, or a plain fallback without one. The
+    one renderer of training (omnipath.train.collator) and serving."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
