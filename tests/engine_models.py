@@ -3,6 +3,8 @@ and a small H&E-like slide with tissue on its left."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -24,12 +26,12 @@ def tiny_llava_adapter():
     it shares `tiny`'s tokenizer (same vocabulary and image token id)."""
     from transformers import (
         CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
     )
 
-    from omnipath.model.configuration import TINY_IMAGE_ID, TINY_VOCAB_SIZE
+    from omnipath.model import tiny_config
+    from omnipath.model.configuration import TINY_IMAGE_ID
     from omnipath.model.llava_adapter import LlavaAdapter
 
     vision = CLIPVisionConfig(
@@ -41,16 +43,7 @@ def tiny_llava_adapter():
         patch_size=8,
         projection_dim=16,
     )
-    text = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    text = tiny_config().text_config  # tiny's Llama: its tokenizer fits
     torch.manual_seed(0)
     llava = LlavaForConditionalGeneration(
         LlavaConfig(
@@ -74,3 +67,13 @@ def write_slide(path, *, tissue_right: int = TISSUE_RIGHT) -> None:
             x, y = rng.integers(0, tissue_right - 6), rng.integers(0, SLIDE_H - 6)
             draw.ellipse((x, y, x + 5, y + 5), fill=(110, 50, 140))
     image.save(path)
+
+
+def opened_slide(tmp_path_factory) -> Iterator:
+    """The small slide (`write_slide`), opened through the slide layer (for a fixture)."""
+    from omnipath.slide import open_slide
+
+    path = tmp_path_factory.mktemp("slides") / "slide.png"
+    write_slide(path)
+    with open_slide(path) as opened:
+        yield opened

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from omnipath.engine import Answer, AnswerOptions, Engine, Queued
-from tests.engine_models import tiny_model, write_slide
+from tests.engine_models import opened_slide, tiny_model
 
 QUESTIONS = (
     "Where is the tumor?",
@@ -20,19 +20,14 @@ QUESTIONS = (
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    model, tokenizer = tiny_model()  # float32: left padding changes no greedy token
-    return Engine(model, tokenizer, model_id="tiny", revision=None, demo=True, stop_token_ids=set())
+def slide(tmp_path_factory):
+    yield from opened_slide(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    from omnipath.slide import open_slide
-
-    path = tmp_path_factory.mktemp("slides") / "slide.png"
-    write_slide(path)
-    with open_slide(path) as opened:
-        yield opened
+def engine() -> Engine:
+    model, tokenizer = tiny_model()  # float32: left padding changes no greedy token
+    return Engine(model, tokenizer, model_id="tiny", revision=None, demo=True, stop_token_ids=set())
 
 
 def _options(**kwargs) -> AnswerOptions:

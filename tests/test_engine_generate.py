@@ -15,7 +15,17 @@ import torch
 
 from omnipath.engine import AnswerOptions, Engine
 from omnipath.engine.outputs import decode_text
-from tests.engine_models import tiny_llava_adapter, tiny_model, write_slide
+from tests.engine_models import opened_slide, tiny_llava_adapter, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    yield from opened_slide(tmp_path_factory)
 
 
 class _Inputs:
@@ -77,21 +87,6 @@ def check_against_reference(engine: Engine, slide, **options) -> None:
     expected = reference_greedy(engine, prompt, options.max_new_tokens)
     assert answer.tokens["generated"] == len(expected)
     assert answer.text == decode_text(engine.tokenizer, expected, engine.model.config.mask_token_id)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> tuple:
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    from omnipath.slide import open_slide
-
-    path = tmp_path_factory.mktemp("slides") / "slide.png"
-    write_slide(path)
-    with open_slide(path) as opened:
-        yield opened
 
 
 @pytest.mark.parametrize("mode", ["attention", "off"])

@@ -27,54 +27,43 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from omnipath.engine.options import AnswerOptions
+
 _END = object()
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How tokens are chosen (AnswerOptions' fields of the same names)."""
+def batch_key(options: AnswerOptions, request: Request) -> tuple:
+    """Requests with equal keys may share a batch: greedy ones with the same repetition
+    penalty; a sampled request shares with none (its seed must give its answer alone)."""
+    if options.temperature <= 0.0:
+        return ("greedy", options.repetition_penalty)
+    return ("sampled", id(request))
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int = 0
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-    def batch_key(self, request: Request) -> tuple:
-        """Requests with equal keys may share a batch: greedy ones with the same repetition
-        penalty; a sampled request shares with none (its seed must give its answer alone)."""
-        if self.greedy:
-            return ("greedy", self.repetition_penalty)
-        return ("sampled", id(request))
-
-    def config(self, **settings: Any) -> GenerationConfig:
-        if self.greedy:
-            return GenerationConfig(
-                do_sample=False, repetition_penalty=self.repetition_penalty, **settings
-            )
+def generation_config(options: AnswerOptions, **settings: Any) -> GenerationConfig:
+    """transformers' settings for `options`' sampling (greedy at temperature 0)."""
+    if options.temperature <= 0.0:
         return GenerationConfig(
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty,
-            **settings,
+            do_sample=False, repetition_penalty=options.repetition_penalty, **settings
         )
+    return GenerationConfig(
+        do_sample=True,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        repetition_penalty=options.repetition_penalty,
+        **settings,
+    )
 
 
 class Request:
-    """One conversation's generation: its prompt embeddings 1×T×D and settings in, tokens out.
+    """One conversation's generation: its prompt embeddings 1×T×D and options in, tokens out.
 
     `tokens()` yields the token ids as they come (the stop token is not one of them); then
     `stopped` / `timed_out` say why it ended early, `hidden[i]` is the last hidden state (D)
@@ -84,17 +73,16 @@ class Request:
     def __init__(
         self,
         embeds: torch.Tensor,
-        sampling: Sampling,
+        options: AnswerOptions,
         *,
-        max_new_tokens: int,
         stop_ids: set[int],
         stop: threading.Event | None = None,
         deadline: float = float("inf"),
         keep_hidden: frozenset[int] = frozenset(),
     ) -> None:
         self.embeds = embeds
-        self.sampling = sampling
-        self.max_new_tokens = int(max_new_tokens)
+        self.options = options
+        self.max_new_tokens = int(options.max_new_tokens)
         self.stop_ids = set(stop_ids)
         self.stop = stop
         self.deadline = deadline
@@ -267,8 +255,8 @@ class Batcher:
                     break
                 self._cond.wait()
             first = self._waiting[0]
-            key = first.sampling.batch_key(first)
-            batch = [r for r in self._waiting if r.sampling.batch_key(r) == key]
+            key = batch_key(first.options, first)
+            batch = [r for r in self._waiting if batch_key(r.options, r) == key]
             batch = batch[: self.max_batch_size]
             started = time.perf_counter()
             for request in batch:
@@ -299,8 +287,9 @@ class Batcher:
             mask[row, length - n :] = 1
         want_hidden = any(r.keep_hidden for r in batch)
         stop_ids = sorted(set().union(*(r.stop_ids for r in batch)))
-        sampling = batch[0].sampling
-        config = sampling.config(
+        options = batch[0].options
+        config = generation_config(
+            options,
             max_new_tokens=max(r.max_new_tokens for r in batch),
             # -1 never matches: without stop ids the model's own EOS must not end a row either
             eos_token_id=stop_ids or [-1],
@@ -310,7 +299,7 @@ class Batcher:
         )
         devices = [first.device] if first.device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(sampling.seed)
+            torch.manual_seed(options.seed)
             out = self.language_model.generate(
                 inputs_embeds=embeds,
                 attention_mask=mask,

@@ -30,7 +30,7 @@ import torch
 
 from omnipath import pgdfc
 from omnipath.coords import L0Rect, ThumbFrame
-from omnipath.engine.batcher import Batcher, Request, Sampling
+from omnipath.engine.batcher import Batcher, Request
 from omnipath.engine.details import DetailCache
 from omnipath.engine.masks import region_map, region_sentence
 from omnipath.engine.options import MAX_NEW_TOKENS_LIMIT, AnswerOptions, check_question
@@ -62,6 +62,20 @@ def _sync(device: torch.device) -> None:
     """Wait for queued GPU work so a stage's time is its own (CPU: nothing to wait for)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclass
+class _Asked:
+    """One question as `Engine.answer` checked it; `key` is the slide's cache identity."""
+
+    slide: Any
+    key: Any
+    look: Look
+    history: list[dict]
+    question: str
+    options: AnswerOptions
+    l0_region: L0Rect | None
+    stop: threading.Event | None
 
 
 @dataclass
@@ -202,14 +216,13 @@ class Engine:
         look = self._look(slide, key)
         if options.pgdfc_mode != "off":
             pgdfc.check_s_against_tissue(options.s, self._tissue_cells(look))
-        return self._stream(
-            slide, key, look, checked_history, question, options, stop, l0_region, queue_updates
-        )
+        asked = _Asked(slide, key, look, checked_history, question, options, l0_region, stop)
+        return self._stream(asked, queue_updates)
 
-    def _stream(self, *args: Any) -> Iterator[str | Queued | Answer]:
+    def _stream(self, asked: _Asked, queue_updates: bool) -> Iterator[str | Queued | Answer]:
         out_of_memory: str | None = None
         try:
-            yield from self._answer(*args)
+            yield from self._answer(asked, queue_updates)
         except torch.OutOfMemoryError as exc:
             out_of_memory = str(exc)
         # leave the except block first: the traceback holds the activations
@@ -225,42 +238,24 @@ class Engine:
 
     # --- the stages ---------------------------------------------------------------------
 
-    def _answer(
-        self,
-        slide: Any,
-        key: Any,
-        look: Look,
-        history: list[dict],
-        question: str,
-        options: AnswerOptions,
-        stop: threading.Event | None,
-        l0_region: L0Rect | None,
-        queue_updates: bool,
-    ) -> Iterator[str | Queued | Answer]:
-        start = time.perf_counter()
+    def _answer(self, asked: _Asked, queue_updates: bool) -> Iterator[str | Queued | Answer]:
+        start, options, stop = time.perf_counter(), asked.options, asked.stop
         timings = dict.fromkeys(STAGES, 0.0)
         tokens = dict.fromkeys(TOKEN_COUNTS, 0)
         answer = Answer(text="", model_id=self.model_id, revision=self.revision)
         answer.timings, answer.tokens = timings, tokens
-        if stop is not None and stop.is_set() or options.timeout_s < 1e-3:
-            answer.stopped = stop is not None and stop.is_set()
-            answer.timed_out = not answer.stopped
-            yield finish_answer(self.model, answer, start, look.frame, None, [])
+        answer.stopped = stop is not None and stop.is_set()
+        answer.timed_out = time.perf_counter() > start + options.timeout_s
+        if answer.stopped or answer.timed_out:  # before any model work
+            yield finish_answer(self.model, answer, start, asked.look.frame, None, [])
             return
         with self._prepare_lock:
-            ready = self._prepare(slide, key, look, history, question, options, l0_region, answer)
+            ready = self._prepare(asked, answer)
         answer.regions = ready.regions
         mask_id = self.model.config.mask_token_id
         request = Request(
             ready.embeds,
-            Sampling(
-                temperature=options.temperature,
-                top_p=options.top_p,
-                top_k=options.top_k,
-                repetition_penalty=options.repetition_penalty,
-                seed=options.seed,
-            ),
-            max_new_tokens=options.max_new_tokens,
+            options,
             stop_ids=self._stop_ids,
             stop=stop,
             deadline=start + options.timeout_s,
@@ -315,28 +310,19 @@ class Engine:
                 request.cancel()
                 self.batcher.withdraw(request)
 
-    def _prepare(
-        self,
-        slide: Any,
-        key: Any,
-        look: Look,
-        history: list[dict],
-        question: str,
-        options: AnswerOptions,
-        l0_region: L0Rect | None,
-        answer: Answer,
-    ) -> _Prepared:
+    def _prepare(self, asked: _Asked, answer: Answer) -> _Prepared:
         """Thumbnail, prompt, the probe's pre-pass, the plan, the details read and encoded:
         the whole input [e_v, e_t, ê_v, ê_t]."""
         timings, tokens = answer.timings, answer.tokens
+        slide, key, look, options = asked.slide, asked.key, asked.look, asked.options
         thumb = self._thumbnail(key, look, timings, tokens)
         region_embeds, region_text = None, None
-        if l0_region is not None:
-            region_embeds, region_text = self._region_input(l0_region, thumb.frame)
+        if asked.l0_region is not None:
+            region_embeds, region_text = self._region_input(asked.l0_region, thumb.frame)
         prompt = build_prompt(
             self.tokenizer,
-            history,
-            question,
+            asked.history,
+            asked.question,
             image_token_id=self.model.config.image_token_id,
             num_image_tokens=self.model.num_image_tokens,
             mask_token_id=self.model.config.mask_token_id,
@@ -350,7 +336,7 @@ class Engine:
             max_new_tokens=options.max_new_tokens,
             context_length=self.context_length,
         )
-        tokens.update(thumbnail=self.model.num_image_tokens, history_messages=len(history))
+        tokens.update(thumbnail=self.model.num_image_tokens, history_messages=len(asked.history))
         with torch.inference_mode():
             prefix = self._embed(prompt.prefix_ids, thumb.tokens, region_embeds)
         plan, detail_tokens = None, None
