@@ -48,18 +48,17 @@ def batch_key(options: AnswerOptions, request: Request) -> tuple:
 
 def generation_config(options: AnswerOptions, **settings: Any) -> GenerationConfig:
     """transformers' settings for `options`' sampling (greedy at temperature 0)."""
-    if options.temperature <= 0.0:
-        return GenerationConfig(
-            do_sample=False, repetition_penalty=options.repetition_penalty, **settings
-        )
+    sampled = options.temperature > 0.0
+    if sampled:
+        settings.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
     return GenerationConfig(
-        do_sample=True,
-        temperature=options.temperature,
-        top_p=options.top_p,
-        top_k=options.top_k,
-        repetition_penalty=options.repetition_penalty,
-        **settings,
+        do_sample=sampled, repetition_penalty=options.repetition_penalty, **settings
     )
+
+
+# An end-of-sequence id no token has: without stop ids, the model's own EOS (which generate
+# would otherwise take from the model's generation config) must not end a row either.
+_NO_TOKEN = 2**62
 
 
 class Request:
@@ -291,8 +290,7 @@ class Batcher:
         config = generation_config(
             options,
             max_new_tokens=max(r.max_new_tokens for r in batch),
-            # -1 never matches: without stop ids the model's own EOS must not end a row either
-            eos_token_id=stop_ids or [-1],
+            eos_token_id=stop_ids or [_NO_TOKEN],
             pad_token_id=self.pad_token_id,
             output_hidden_states=want_hidden,
             return_dict_in_generate=True,
