@@ -42,6 +42,8 @@ from tests.engine_models import (
         (AnswerOptions(timeout_s=0), "timeout_s"),
         (AnswerOptions(s=1000), "more than the 64 allowed"),
         (AnswerOptions(seed=-1), "seed"),
+        (AnswerOptions(top_k=-1), "top_k = -1"),
+        (AnswerOptions(repetition_penalty=0.0), "repetition_penalty"),
     ],
 )
 def test_options_validation(options: AnswerOptions, phrase: str) -> None:
@@ -229,6 +231,23 @@ def test_thumbnail_features_cached_per_slide(engine: Engine, slide) -> None:
     second = _run(engine, slide)[1]
     assert first.tokens["thumbnail_cached"] == 0 and second.tokens["thumbnail_cached"] == 1
     assert second.timings["vision"] == 0.0
+
+
+def test_caches_follow_the_slide_id_given_not_the_object(engine: Engine, tmp_path) -> None:
+    """Two openings of one slide under its id share the thumbnail and detail patches; the
+    same file under another id does not (the engine never guesses a key from the file)."""
+    open_slide = _open_slide()
+    path = tmp_path / "same.png"
+    _write_slide(path)
+    options = AnswerOptions(s=2, max_new_tokens=2)
+    engine.thumbs.clear()
+    runs = []
+    for slide_id in ("a" * 64, "a" * 64, "b" * 64):
+        with open_slide(path) as opened:
+            *_, answer = engine.answer(opened, [], "Where?", options, slide_id=slide_id)
+            runs.append(answer.tokens)
+    assert [t["thumbnail_cached"] for t in runs] == [0, 1, 0]
+    assert [t["detail_patches_cached"] for t in runs] == [0, 2, 0]
 
 
 def test_multi_turn_history_and_typed_placeholders(engine: Engine, slide) -> None:

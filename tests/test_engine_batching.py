@@ -10,6 +10,7 @@ import time
 import pytest
 
 from omnipath.engine import Answer, AnswerOptions, Engine, Queued
+from omnipath.engine.batcher import generation_config
 from tests.engine_models import opened_slide, tiny_model
 
 QUESTIONS = (
@@ -139,3 +140,11 @@ def test_sampled_answers_keep_their_seed_when_asked_together(engine: Engine, sli
     alone = list(engine.answer(slide, [], QUESTIONS[0], _options(**options)))[-1]
     together = _together(engine, slide, [QUESTIONS[0], QUESTIONS[0]], **options)
     assert [items[-1].text for items in together] == [alone.text, alone.text]
+
+
+def test_options_become_transformers_logits_processors() -> None:
+    greedy = generation_config(AnswerOptions(repetition_penalty=1.3), max_new_tokens=5)
+    assert greedy.do_sample is False and greedy.repetition_penalty == 1.3
+    sampled = generation_config(AnswerOptions(temperature=0.7, top_p=0.9, top_k=40))
+    assert sampled.do_sample is True
+    assert (sampled.temperature, sampled.top_p, sampled.top_k) == (0.7, 0.9, 40)

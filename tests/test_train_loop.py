@@ -217,3 +217,17 @@ def test_command_line_trains_tiny_and_resumes(tmp_path, capsys):
     main(args + ["--max-steps", "3"])  # continues from checkpoint 2
     assert "3 steps" in capsys.readouterr().out
     assert list_checkpoints(tmp_path / "cli")[-1].name == "checkpoint-0000003"
+
+
+def test_training_loads_tiny_as_the_server_does() -> None:
+    """One loader: `python -m omnipath.train --model tiny` starts from the very weights the
+    server serves as "tiny" (load_model), not from a second construction."""
+    from omnipath.model.loading import LoadOptions, load_model
+    from omnipath.train.__main__ import _load
+
+    trained, _ = _load("tiny")
+    served = load_model("tiny", LoadOptions(dtype="float32", device="cpu")).model
+    for (name, a), (_, b) in zip(
+        trained.state_dict().items(), served.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
