@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from omnipath.engine import Answer, AnswerOptions, Engine, Queued
 from omnipath.engine.batcher import generation_config
@@ -148,3 +149,21 @@ def test_options_become_transformers_logits_processors() -> None:
     sampled = generation_config(AnswerOptions(temperature=0.7, top_p=0.9, top_k=40))
     assert sampled.do_sample is True
     assert (sampled.temperature, sampled.top_p, sampled.top_k) == (0.7, 0.9, 40)
+
+
+def test_out_of_memory_in_a_batch_reaches_each_answer_and_the_next_batch_works(
+    engine: Engine, slide, monkeypatch
+) -> None:
+    from omnipath.errors import DeviceOutOfMemoryError
+
+    head = engine.model.language_model.get_output_embeddings()
+
+    def exhausted(hidden):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(head, "forward", exhausted)
+    with pytest.raises(DeviceOutOfMemoryError, match="ran out of memory") as info:
+        list(engine.answer(slide, [], QUESTIONS[0], _options()))
+    assert "9.00 GiB" in (info.value.detail or "")
+    monkeypatch.undo()
+    assert isinstance(list(engine.answer(slide, [], QUESTIONS[0], _options()))[-1], Answer)

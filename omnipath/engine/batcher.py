@@ -137,7 +137,8 @@ class Request:
         self._closed = True
         if self.generated:
             self.timings["decode"] = time.perf_counter() - self._first
-        self.error = error
+        # without its traceback: the frames of generate hold the batch's activations
+        self.error = error.with_traceback(None) if error is not None else None
         self._events.put(_END)
 
     def tokens(self, poll_s: float = 0.25) -> Iterator[int | None]:
