@@ -13,7 +13,7 @@
    or less: never more than the encoder sees at the detail magnification) → reads through the
    slide layer → the same vision towers (the engine calls
    `model.encode_detail_patches`) → a short position text per patch.
-   Cost: the reads run in background threads (`DetailReads`), in parallel; the S patches
+   Cost: the reads run in parallel threads (`read_detail_patches`); the S patches
    go through each tower in one batch, at the base scale only by default
    (`pgdfc_config.detail_scale_factors`: a detail patch already is the fine view that
    multi-scale fusion gives the thumbnail); the engine keeps encoded patches in an LRU
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
     from omnipath.coords import L0Rect, ThumbFrame
 
-PgdfcMode = Literal["attention", "random", "off"]
 PGDFC_MODES: tuple[str, ...] = ("attention", "random", "off")
 
 # How much context around a grid cell is read, as a fraction of the cell side added on every
@@ -344,38 +343,17 @@ MAX_READ_THREADS = 8
 
 
 def read_detail_patches(slide: Any, rects: Sequence[L0Rect], out_side: int) -> torch.Tensor:
-    """High-resolution reads through the slide layer → S×3×out_side×out_side float in [0, 1]."""
-    return DetailReads(slide, rects, out_side).result()
+    """High-resolution reads through the slide layer, in parallel threads (I/O and JPEG
+    decoding in OpenSlide release the GIL) → S×3×out_side×out_side float in [0, 1], in the
+    order of `rects`; a read's exception is raised here."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-class DetailReads:
-    """Detail reads started in background threads; `result()` waits for them.
-
-    The engine starts them as soon as the plan is made; the reads (I/O and JPEG decoding in
-    OpenSlide, which release the GIL) run in parallel. `result()` → S×3×out_side×out_side float in [0, 1], in the
-    order of `rects`; a read's exception is raised there.
-    """
-
-    def __init__(self, slide: Any, rects: Sequence[L0Rect], out_side: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.count = len(rects)
-        self.out_side = int(out_side)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_READ_THREADS, len(rects))))
-        self._futures = [
-            self._pool.submit(slide.read_l0_region, rect, (self.out_side, self.out_side))
-            for rect in rects
-        ]
-        self._pool.shutdown(wait=False)  # the threads end once the submitted reads are done
-
-    def result(self) -> torch.Tensor:
-        if not self._futures:
-            return torch.zeros(0, 3, self.out_side, self.out_side)
-        try:
-            return images_to_tensor([future.result() for future in self._futures])
-        finally:
-            for future in self._futures:
-                future.cancel()
+    if not rects:
+        return torch.zeros(0, 3, out_side, out_side)
+    size = (int(out_side), int(out_side))
+    with ThreadPoolExecutor(max_workers=min(MAX_READ_THREADS, len(rects))) as pool:
+        images = list(pool.map(lambda rect: slide.read_l0_region(rect, size), rects))
+    return images_to_tensor(images)
 
 
 def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:

@@ -513,13 +513,13 @@ def test_the_probe_is_a_pre_pass_and_details_are_read_before_any_full_forward(
 
     model, tokenizer = tiny
     events: list[str] = []
-    started = pgdfc.DetailReads.__init__
+    read = pgdfc.read_detail_patches
 
-    def logged_start(self, *args, **kwargs):
+    def logged_read(*args, **kwargs):
         events.append("reads")
-        started(self, *args, **kwargs)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(pgdfc.DetailReads, "__init__", logged_start)
+    monkeypatch.setattr(pgdfc, "read_detail_patches", logged_read)
     layers = model.language_model.get_decoder().layers
     hooks = [
         layers[0].mlp.register_forward_pre_hook(lambda m, a: events.append("layer 0 mlp")),

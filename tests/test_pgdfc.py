@@ -284,15 +284,13 @@ class _ColourSlide:
         return Image.new("RGB", out_size, (rect.x, 0, 0))
 
 
-def test_background_detail_reads_keep_order_and_raise_on_result() -> None:
-    from omnipath.pgdfc import DetailReads, read_detail_patches
+def test_parallel_detail_reads_keep_order_and_raise() -> None:
+    from omnipath.pgdfc import read_detail_patches
 
     rects = [L0Rect(x, 0, 8, 8) for x in (30, 10, 200, 0, 90)]
-    patches = DetailReads(_ColourSlide(), rects, 4).result()
+    patches = read_detail_patches(_ColourSlide(), rects, 4)
     assert patches.shape == (5, 3, 4, 4)
     assert [round(float(v) * 255) for v in patches[:, 0, 0, 0]] == [30, 10, 200, 0, 90]
-    assert torch.equal(read_detail_patches(_ColourSlide(), rects, 4), patches)
-    assert DetailReads(_ColourSlide(), [], 4).result().shape == (0, 3, 4, 4)
-    failing = DetailReads(_ColourSlide(), [L0Rect(5, 0, 8, 8), L0Rect(-1, 0, 8, 8)], 4)
+    assert read_detail_patches(_ColourSlide(), [], 4).shape == (0, 3, 4, 4)
     with pytest.raises(ValueError, match="outside"):
-        failing.result()
+        read_detail_patches(_ColourSlide(), [L0Rect(5, 0, 8, 8), L0Rect(-1, 0, 8, 8)], 4)
