@@ -167,3 +167,27 @@ def test_out_of_memory_in_a_batch_reaches_each_answer_and_the_next_batch_works(
     assert "9.00 GiB" in (info.value.detail or "")
     monkeypatch.undo()
     assert isinstance(list(engine.answer(slide, [], QUESTIONS[0], _options()))[-1], Answer)
+
+
+def test_questions_asked_together_are_answered_in_one_batch(engine: Engine, slide) -> None:
+    """No hold: the batcher waits for questions still being prepared, so three questions
+    asked at the same moment share one generate."""
+    streams = [engine.answer(slide, [], q, _options()) for q in QUESTIONS]  # checked here
+    gate = threading.Barrier(len(streams))
+    results: list[list] = [[] for _ in streams]
+
+    def consume(index: int) -> None:
+        gate.wait()
+        results[index].extend(streams[index])
+
+    sizes, hook = _batch_sizes(engine)
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        hook.remove()
+    assert sizes == [len(streams)]
+    assert all(isinstance(items[-1], Answer) for items in results)

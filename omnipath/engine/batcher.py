@@ -190,7 +190,14 @@ class _RowsDone(StoppingCriteria):
 class Batcher:
     """The queue and the worker thread running batched `generate` on one causal LM."""
 
-    def __init__(self, language_model: Any, *, max_batch_size: int = 8, pad_token_id: int = 0):
+    def __init__(
+        self,
+        language_model: Any,
+        *,
+        max_batch_size: int = 8,
+        pad_token_id: int = 0,
+        gather_s: float = 2.0,
+    ) -> None:
         self.language_model = language_model
         self.max_batch_size = max(1, int(max_batch_size))
         self.pad_token_id = int(pad_token_id)
@@ -198,6 +205,23 @@ class Batcher:
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self._holds = 0
+        self._coming = 0
+        self.gather_s = float(gather_s)
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        """Announces a question being prepared (its inputs built) and submitted inside this
+        block: a batch about to start waits for it while it has room, as long as questions
+        keep arriving (each within `gather_s` of the last), so questions asked together are
+        answered together."""
+        with self._cond:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._coming -= 1
+                self._cond.notify()
 
     def submit(self, request: Request) -> Request:
         request._submitted = time.perf_counter()
@@ -252,7 +276,11 @@ class Batcher:
                     self._waiting.remove(request)  # stopped while waiting: its slot is free
                     request._close()
                 if self._waiting and not self._holds:
-                    break
+                    quiet = time.perf_counter() - self._waiting[-1]._submitted
+                    if not self._gathers() or quiet >= self.gather_s:
+                        break
+                    self._cond.wait(timeout=self.gather_s - quiet)
+                    continue
                 self._cond.wait()
             first = self._waiting[0]
             key = batch_key(first.options, first)
@@ -264,6 +292,11 @@ class Batcher:
                 request._started = started
                 request.timings["queue"] = started - request._submitted
             return batch
+
+    def _gathers(self) -> bool:
+        """Whether a batch about to start should wait: questions are still being prepared
+        (announced with `coming`, not yet submitted) and the batch has room for them."""
+        return self._coming > 0 and len(self._waiting) < self.max_batch_size
 
     def _loop(self) -> None:
         while True:

@@ -249,19 +249,20 @@ class Engine:
         if answer.stopped or answer.timed_out:  # before any model work
             yield finish_answer(self.model, answer, start, asked.look.frame, None, [])
             return
-        with self._prepare_lock:
-            ready = self._prepare(asked, answer)
-        answer.regions = ready.regions
-        mask_id = self.model.config.mask_token_id
-        request = Request(
-            ready.embeds,
-            options,
-            stop_ids=self._stop_ids,
-            stop=stop,
-            deadline=start + options.timeout_s,
-            keep_hidden=frozenset({mask_id}) if self.supports_masks else frozenset(),
-        )
-        self.batcher.submit(request)
+        with self.batcher.coming():  # answered with the questions asked at the same time
+            with self._prepare_lock:
+                ready = self._prepare(asked, answer)
+            answer.regions = ready.regions
+            mask_id = self.model.config.mask_token_id
+            request = Request(
+                ready.embeds,
+                options,
+                stop_ids=self._stop_ids,
+                stop=stop,
+                deadline=start + options.timeout_s,
+                keep_hidden=frozenset({mask_id}) if self.supports_masks else frozenset(),
+            )
+            self.batcher.submit(request)
         emitted = ""
         for delta in self._deltas(request, queue_updates):
             if isinstance(delta, str):
