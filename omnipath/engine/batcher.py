@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -208,20 +208,12 @@ class Batcher:
         self._coming = 0
         self.gather_s = float(gather_s)
 
-    @contextmanager
-    def coming(self) -> Iterator[None]:
+    def coming(self) -> AbstractContextManager[None]:
         """Announces a question being prepared (its inputs built) and submitted inside this
         block: a batch about to start waits for it while it has room, as long as questions
         keep arriving (each within `gather_s` of the last), so questions asked together are
         answered together."""
-        with self._cond:
-            self._coming += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._coming -= 1
-                self._cond.notify()
+        return self._counted("_coming")
 
     def submit(self, request: Request) -> Request:
         request._submitted = time.perf_counter()
@@ -235,18 +227,22 @@ class Batcher:
             self._cond.notify()
         return request
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> AbstractContextManager[None]:
         """No new batch starts inside this block (requests queue up); on leaving, the waiting
         ones start together. For callers that know several questions come at once (tests,
         benchmarks)."""
+        return self._counted("_holds")
+
+    @contextmanager
+    def _counted(self, counter: str) -> Iterator[None]:
+        """One more of `counter` for the block; the worker looks again when it ends."""
         with self._cond:
-            self._holds += 1
+            setattr(self, counter, getattr(self, counter) + 1)
         try:
             yield
         finally:
             with self._cond:
-                self._holds -= 1
+                setattr(self, counter, getattr(self, counter) - 1)
                 self._cond.notify()
 
     def position(self, request: Request) -> int:
