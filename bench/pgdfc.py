@@ -57,6 +57,7 @@ import torch  # noqa: E402
 from omnipath import pgdfc  # noqa: E402
 from omnipath.coords import L0Rect  # noqa: E402
 from omnipath.engine import Answer, AnswerOptions, Engine  # noqa: E402
+from omnipath.engine.core import STAGES  # noqa: E402
 from omnipath.slide import open_slide  # noqa: E402
 
 QUESTION = "Which region of this slide is the most atypical, and what grade is the lesion?"
@@ -236,7 +237,6 @@ def bench_config(name: str, slide_path: Path, args: argparse.Namespace) -> None:
         revision=None,
         demo=True,
         stop_token_ids=set(),
-        overlap_detail_reads=not args.no_overlap,
     )
     print(
         f"\n== {name}: {params / 1e6:.1f}M parameters: LLM {llm_params / 1e6:.1f}M "
@@ -247,8 +247,8 @@ def bench_config(name: str, slide_path: Path, args: argparse.Namespace) -> None:
         f"detail patches {model.detail_side} px at scales "
         f"{model.config.pgdfc_config.resolved_detail_scale_factors}, "
         f"P = {model.config.pgdfc_config.tokens_per_patch} tokens per detail patch, "
-        f"{args.max_new_tokens} new tokens per answer, median of {args.repeats}, "
-        f"reads {'overlapped with' if engine.overlap_detail_reads else 'after'} the prefill",
+        f"{args.max_new_tokens} new tokens per answer, median of {args.repeats}; "
+        "the probe is a layer-0 pre-pass, generation is transformers' generate",
         flush=True,
     )
     pgdfc_options = AnswerOptions(pgdfc_mode="attention", s=8, max_new_tokens=args.max_new_tokens)
@@ -304,7 +304,7 @@ def bench_config(name: str, slide_path: Path, args: argparse.Namespace) -> None:
         f"{engine.context_length} tokens"
     )
     warm_pgdfc, warm_thumb = results["warm"]
-    stages = ("thumbnail", "vision", "probe", "detail_read", "detail_encode", "prefill", "decode")
+    stages = STAGES
     for label, runs in (
         ("cold PGDFC", cold_pgdfc),
         ("cold thumb-only", cold_thumb),
@@ -352,9 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=40960)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", default="tiny,100m,small,mini")
-    parser.add_argument(
-        "--no-overlap", action="store_true", help="read detail patches after the prefill"
-    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

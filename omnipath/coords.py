@@ -123,6 +123,15 @@ class ThumbFrame:
     def thumb_to_l0(self, thumb_x: float, thumb_y: float) -> tuple[float, float]:
         return (thumb_x - self.pad_x) / self.scale, (thumb_y - self.pad_y) / self.scale
 
+    def grid_cell_centre_l0(self, grid_row: int, grid_col: int, grid: int) -> tuple[float, float]:
+        """Level-0 (x, y) of the centre of cell (grid_row, grid_col) of a grid×grid tiling."""
+        thumb_cell = self.side / grid
+        return self.thumb_to_l0((grid_col + 0.5) * thumb_cell, (grid_row + 0.5) * thumb_cell)
+
+    def grid_cell_l0_side(self, grid: int) -> float:
+        """Level-0 side of one cell of a grid×grid tiling of the thumb square."""
+        return self.side / grid / self.scale
+
     def grid_cell_to_l0(
         self, grid_row: int, grid_col: int, grid: int, context: float = 0.0
     ) -> L0Rect | None:
@@ -136,11 +145,10 @@ class ThumbFrame:
             raise ValueError(f"grid cell ({grid_row}, {grid_col}) is outside a {grid}x{grid} grid")
         if context < 0:
             raise ValueError(f"context must be >= 0, got {context}")
+        l0_cx, l0_cy = self.grid_cell_centre_l0(grid_row, grid_col, grid)
+        half = self.grid_cell_l0_side(grid) / 2
+        l0_x0, l0_y0, l0_x1, l0_y1 = l0_cx - half, l0_cy - half, l0_cx + half, l0_cy + half
         thumb_cell = self.side / grid
-        thumb_x0 = grid_col * thumb_cell
-        thumb_y0 = grid_row * thumb_cell
-        l0_x0, l0_y0 = self.thumb_to_l0(thumb_x0, thumb_y0)
-        l0_x1, l0_y1 = self.thumb_to_l0(thumb_x0 + thumb_cell, thumb_y0 + thumb_cell)
         # Entirely in the padding: the bare cell does not overlap the slide (touching an edge
         # within float noise does not count).
         eps = 1e-6

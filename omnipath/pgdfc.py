@@ -1,10 +1,10 @@
 """PGDFC: prompt-guided detail feature completion (paper arXiv 2412.09521, DESIGN.md).
 
-1. The probe: Ψ = the first LLM layer's attention of the last input token over the
-   thumbnail's image tokens, mean over heads. Only that one row is computed, from layer 0's
-   query for the last token and the keys layer 0 just wrote into the KV cache, in hooks on
-   layer 0's self-attention: the model itself keeps running sdpa / flash attention for
-   everything else. O(L·d) extra work, no prefill repeated.
+1. The probe, a pre-pass: Ψ = the first LLM layer's attention of the last input token over
+   the thumbnail's image tokens, mean over heads. Layer 0's input is the token embeddings, so
+   Ψ comes from the embeddings of [e_v, e_t] with layer 0's input norm, q/k projections and
+   RoPE alone (`probe_prepass`: the decoder runs up to layer 0's self-attention and stops),
+   before any full forward: about 1/L of a prefill.
 2. Tissue filter at grid resolution (cells of the padded square thumbnail that are
    background, padding included, are never chosen).
 3. Top-S cells (mode "attention"), S random tissue cells (mode "random", seeded: the paper's
@@ -13,13 +13,15 @@
    or less: never more than the encoder sees at the detail magnification) → reads through the
    slide layer → the same vision towers (the engine calls
    `model.encode_detail_patches`) → a short position text per patch.
-   Cost: the reads start in background threads (`DetailReads`) from the probe's hook, as
-   soon as layer 0 gave Ψ, so they overlap layers 1..L of the prefix prefill; the S patches
+   Cost: the reads run in parallel threads (`read_detail_patches`); the S patches
    go through each tower in one batch, at the base scale only by default
    (`pgdfc_config.detail_scale_factors`: a detail patch already is the fine view that
    multi-scale fusion gives the thumbnail); the engine keeps encoded patches in an LRU
    (`omnipath.engine.details`) for follow-up questions that choose the same cells.
 5. A token-budget check that drops patches (lowest score first) or refuses.
+
+`plan_details` does 2.–5. for one question: Ψ → a `DetailPlan` (cells, read rectangles,
+reported regions, position texts and detail blocks within the budget).
 
 Frames: `grid_` (row, col) cells of the model's g×g token grid over the square thumbnail;
 `l0_` level-0 pixels; `rel_` fractions of the level-0 width/height.
@@ -27,24 +29,22 @@ Frames: `grid_` (row, col) cells of the model's g×g token grid over the square 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from omnipath.errors import OptionsError, TokenBudgetError, echo
+from omnipath.facts import PGDFC_MODES
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from omnipath.coords import L0Rect, ThumbFrame
 
-PgdfcMode = Literal["attention", "random", "off"]
-PGDFC_MODES: tuple[str, ...] = ("attention", "random", "off")
 
 # How much context around a grid cell is read, as a fraction of the cell side added on every
 # side: 0.25 reads 1.5 × the cell in each direction, centred on the cell, so that a gland or
@@ -119,101 +119,43 @@ def attention_module(language_model: nn.Module, layer: int = 0) -> nn.Module:
     raise TypeError(f"{type(language_model).__name__} has no Llama-style self-attention to probe")
 
 
-class AttentionProbe:
-    """Captures Ψ's row during the next forward pass of a causal LM.
+class _Captured(Exception):
+    """Ends the pre-pass once the probed layer's attention input is known."""
 
-    Use as a context manager around the prefix prefill:
 
-        with AttentionProbe(model.language_model) as probe:
-            decoder(inputs_embeds=prefix, use_cache=True)
-        probe.row  # B×L float32: last token's attention over all L prefix positions, head mean
+def probe_prepass(
+    language_model: nn.Module, inputs_embeds: torch.Tensor, layer: int = 0
+) -> torch.Tensor:
+    """Ψ's row before any full forward: B×H×L float32, the last position's attention over all
+    L positions of `inputs_embeds` ([e_v, e_t], B×L×D) in layer `layer`, per head.
 
-    A pre-hook on the layer's self-attention keeps its input (hidden states after the input
-    norm, RoPE cos/sin); a forward hook then computes the row from the last token's query and
-    the keys the layer itself just wrote into the KV cache (recomputed from the kept input
-    when there is no plain cache). The attention kernel (sdpa, flash) is never touched.
-    Only the first forward inside the block is captured; the hooks are removed on exit, so
-    the following chunks (detail blocks, decoding) run untouched. `seconds` is the probe's
-    own cost.
-    """
+    The decoder runs up to layer `layer`'s self-attention (for layer 0: the rotary
+    embedding and layer 0's input norm only), a pre-hook computes the row there from the
+    module's own q/k projections and RoPE (`last_token_attention_row`) and the forward stops:
+    no KV cache is written, no later layer runs, and the model's attention kernel is never
+    touched. The hook is removed on return."""
+    attn = attention_module(language_model, layer)
+    found: list[torch.Tensor] = []
 
-    def __init__(
-        self,
-        language_model: nn.Module,
-        layer: int = 0,
-        on_row: Callable[[torch.Tensor], None] | None = None,
-    ) -> None:
-        """on_row: called with `row` (B×L) as soon as it is known, still inside the prefill
-        (after layer `layer`, before the later layers run): the engine starts the detail
-        reads there. Its time is not part of `seconds`; its exceptions end the prefill."""
-        self.attn = attention_module(language_model, layer)
-        self.on_row = on_row
-        self.row: torch.Tensor | None = None
-        self.heads: torch.Tensor | None = None
-        self.seconds = 0.0
-        self.used_cached_keys = False
-        self._inputs: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Any] | None = None
-        self._handles: list[Any] = []
-
-    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.row is not None or self._inputs is not None:
-            return None
+    def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         position_embeddings = kwargs.get("position_embeddings")
         if hidden is None or position_embeddings is None:
             raise RuntimeError("the probed attention was called without hidden states or RoPE")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and cache.get_seq_length() > 0:
-            raise RuntimeError("the PGDFC probe must run on the first prefill chunk")
-        self._inputs = (hidden, position_embeddings, cache)
-        return None
+        found.append(last_token_attention_row(module, hidden, position_embeddings))
+        raise _Captured
 
-    def _after(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if self.row is not None or self._inputs is None:
-            return None
-        hidden, position_embeddings, cache = self._inputs
-        self._inputs = None
-        if hidden.is_cuda:
-            torch.cuda.synchronize(hidden.device)
-        start = time.perf_counter()
-        keys = _cached_keys(cache, module, hidden.shape[1])
-        self.used_cached_keys = keys is not None
+    handle = attn.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
         with torch.no_grad():
-            heads = last_token_attention_row(module, hidden, position_embeddings, keys)
-            self.heads = heads
-            self.row = heads.mean(dim=1)
-        if hidden.is_cuda:
-            torch.cuda.synchronize(hidden.device)
-        self.seconds = time.perf_counter() - start
-        if self.on_row is not None:
-            self.on_row(self.row)
-        return None
-
-    def __enter__(self) -> AttentionProbe:
-        self._handles = [
-            self.attn.register_forward_pre_hook(self._before, with_kwargs=True),
-            self.attn.register_forward_hook(self._after, with_kwargs=True),
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._inputs = None
-
-
-def _cached_keys(cache: Any, attn: nn.Module, length: int) -> torch.Tensor | None:
-    """The layer's post-RoPE keys B×H_kv×L×hd from a plain (unquantized, unwindowed) KV
-    cache, or None when the cache does not hold exactly this chunk's L keys."""
-    layers = getattr(cache, "layers", None)
-    index = getattr(attn, "layer_idx", None)
-    if layers is None or index is None or index >= len(layers):
-        return None
-    keys = getattr(layers[index], "keys", None)
-    if not isinstance(keys, torch.Tensor) or keys.ndim != 4 or keys.shape[-2] != length:
-        return None
-    return keys
+            language_model.get_decoder()(inputs_embeds=inputs_embeds, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not found:
+        raise RuntimeError(f"layer {layer}'s attention did not run in the probe's pre-pass")
+    return found[0]
 
 
 def psi_grid(
@@ -293,14 +235,14 @@ def select_cells(
     "attention": the S tissue cells with the highest Ψ (ties: raster order).
     "random": S tissue cells drawn uniformly without replacement by numpy's PCG64 from
     `seed` (same seed, same cells). "off": none. Background cells are never returned.
-    Raises OptionsError when S exceeds the number of tissue cells.
+    S must not exceed the tissue cells: the caller checked it (`check_s_against_tissue`)
+    when the question was asked.
     """
     validate_mode(mode)
     validate_s(s, mode=mode)
     if mode == "off":
         return []
     tissue = np.asarray(tissue, dtype=bool)
-    check_s_against_tissue(s, tissue)
     flat_tissue = np.flatnonzero(tissue.reshape(-1))
     grid_cols = tissue.shape[1]
     flat_psi = None if psi is None else np.asarray(psi, dtype=np.float64).reshape(-1)
@@ -345,11 +287,8 @@ def cell_read_rect(
     """
     from omnipath.coords import L0Rect
 
-    thumb_cell = frame.side / grid
-    l0_cx, l0_cy = frame.thumb_to_l0(
-        (cell.grid_col + 0.5) * thumb_cell, (cell.grid_row + 0.5) * thumb_cell
-    )
-    l0_side = thumb_cell * (1.0 + 2.0 * context) / frame.scale
+    l0_cx, l0_cy = frame.grid_cell_centre_l0(cell.grid_row, cell.grid_col, grid)
+    l0_side = frame.grid_cell_l0_side(grid) * (1.0 + 2.0 * context)
     if max_l0_side is not None:
         l0_side = min(l0_side, max_l0_side)
     side = max(1, round(l0_side))
@@ -361,6 +300,16 @@ def cell_region(read_rect: L0Rect, l0_width: int, l0_height: int) -> L0Rect | No
     nothing of it is on the slide; the tissue filter already excludes such cells)."""
     clipped = read_rect.clip(l0_width, l0_height)
     return clipped if clipped.w > 0 and clipped.h > 0 else None
+
+
+def slide_mpp(slide: Any) -> float | None:
+    """µm per level-0 pixel, from the slide's metadata or its objective power (10 / ×)."""
+    info = getattr(slide, "info", None)
+    mpp = getattr(info, "mpp_x", None)
+    if mpp:
+        return float(mpp)
+    power = getattr(info, "objective_power", None)
+    return 10.0 / float(power) if power else None
 
 
 def detail_window_l0(
@@ -394,39 +343,17 @@ MAX_READ_THREADS = 8
 
 
 def read_detail_patches(slide: Any, rects: Sequence[L0Rect], out_side: int) -> torch.Tensor:
-    """High-resolution reads through the slide layer → S×3×out_side×out_side float in [0, 1]."""
-    return DetailReads(slide, rects, out_side).result()
+    """High-resolution reads through the slide layer, in parallel threads (I/O and JPEG
+    decoding in OpenSlide release the GIL) → S×3×out_side×out_side float in [0, 1], in the
+    order of `rects`; a read's exception is raised here."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-class DetailReads:
-    """Detail reads started in background threads; `result()` waits for them.
-
-    The engine starts them from the probe's hook, right after layer 0 of the prefix prefill
-    gave Ψ, so the reads (I/O and JPEG decoding in OpenSlide, which release the GIL) overlap
-    layers 1..L of that prefill. `result()` → S×3×out_side×out_side float in [0, 1], in the
-    order of `rects`; a read's exception is raised there.
-    """
-
-    def __init__(self, slide: Any, rects: Sequence[L0Rect], out_side: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.count = len(rects)
-        self.out_side = int(out_side)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(MAX_READ_THREADS, len(rects))))
-        self._futures = [
-            self._pool.submit(slide.read_l0_region, rect, (self.out_side, self.out_side))
-            for rect in rects
-        ]
-        self._pool.shutdown(wait=False)  # the threads end once the submitted reads are done
-
-    def result(self) -> torch.Tensor:
-        if not self._futures:
-            return torch.zeros(0, 3, self.out_side, self.out_side)
-        try:
-            return images_to_tensor([future.result() for future in self._futures])
-        finally:
-            for future in self._futures:
-                future.cancel()
+    if not rects:
+        return torch.zeros(0, 3, out_side, out_side)
+    size = (int(out_side), int(out_side))
+    with ThreadPoolExecutor(max_workers=min(MAX_READ_THREADS, len(rects))) as pool:
+        images = list(pool.map(lambda rect: slide.read_l0_region(rect, size), rects))
+    return images_to_tensor(images)
 
 
 def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -482,3 +409,79 @@ def fit_detail_budget(
         used += tokens
         kept += 1
     return kept
+
+
+# --- 2.–5. together: the plan for one question -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetailPlan:
+    """What PGDFC reads for one question, best cell first, within the token budget.
+
+    cells: the chosen cells kept; read_rects: their square level-0 reads; l0_rects: the reads
+    clipped to the slide (what the user is shown); block_ids: per patch, its position text's
+    tokens then its P image tokens; dropped: patches the budget left out; out_side: the read
+    side in pixels (0 when nothing is read)."""
+
+    cells: list[Cell]
+    read_rects: list[L0Rect]
+    l0_rects: list[L0Rect]
+    block_ids: list[list[int]]
+    dropped: int
+    out_side: int
+
+
+def plan_details(
+    *,
+    psi: np.ndarray | None,
+    tissue: np.ndarray,
+    frame: ThumbFrame,
+    mode: str,
+    s: int,
+    seed: int,
+    context: float,
+    slide_mpp: float | None,
+    detail_mpp: float,
+    encoder_side: int,
+    block_ids: Callable[[list[str]], list[list[int]]],
+    base_tokens: int,
+    max_new_tokens: int,
+    context_length: int | None,
+) -> DetailPlan:
+    """Ψ (grid×grid) → cells → square level-0 reads at the detail magnification → position
+    texts → detail blocks (`block_ids(texts)`: the prompt's tokenization) → the budget."""
+    grid = int(tissue.shape[0])
+    cells = select_cells(mode=mode, s=s, tissue=tissue, psi=psi, seed=seed)
+    window = detail_window_l0(encoder_side=encoder_side, slide_mpp=slide_mpp, detail_mpp=detail_mpp)
+    kept_cells, read_rects, l0_rects = [], [], []
+    for cell in cells:
+        read_rect = cell_read_rect(frame, cell, grid, context, max_l0_side=window)
+        l0_rect = cell_region(read_rect, frame.l0_width, frame.l0_height)
+        if l0_rect is not None:  # always, for a tissue cell; never read pure padding
+            kept_cells.append(cell)
+            read_rects.append(read_rect)
+            l0_rects.append(l0_rect)
+    texts = [
+        position_text(i, rect, frame.l0_width, frame.l0_height)
+        for i, rect in enumerate(l0_rects, start=1)
+    ]
+    blocks = block_ids(texts)
+    keep = fit_detail_budget(
+        base_tokens=base_tokens,
+        patch_tokens=[len(b) for b in blocks],
+        max_new_tokens=max_new_tokens,
+        context_length=context_length,
+    )
+    out_side = 0
+    if keep:
+        out_side = detail_read_side(
+            read_rects[0].w, slide_mpp=slide_mpp, detail_mpp=detail_mpp, encoder_side=encoder_side
+        )
+    return DetailPlan(
+        cells=kept_cells[:keep],
+        read_rects=read_rects[:keep],
+        l0_rects=l0_rects[:keep],
+        block_ids=blocks[:keep],
+        dropped=len(texts) - keep,
+        out_side=out_side,
+    )

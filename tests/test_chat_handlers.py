@@ -39,15 +39,21 @@ class SpyEngine:
     def info(self) -> dict:
         return self.engine.info
 
-    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+    def answer(
+        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+    ):
         self.calls.append({"history": list(history), "question": question, "l0_region": l0_region})
-        return self.engine.answer(slide, history, question, options, stop=stop, l0_region=l0_region)
+        return self.engine.answer(
+            slide, history, question, options, stop=stop, l0_region=l0_region, slide_id=slide_id
+        )
 
 
 class FailingEngine(SpyEngine):
     """Streams one delta, then fails the way a GPU out-of-memory would surface."""
 
-    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+    def answer(
+        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+    ):
         options = options or AnswerOptions()
         options.validate()
 
@@ -66,7 +72,9 @@ class ScriptedEngine(SpyEngine):
         super().__init__(engine)
         self.deltas, self.clock, self.step = deltas, clock, step
 
-    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+    def answer(
+        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+    ):
         (options or AnswerOptions()).validate()
 
         def stream():
@@ -621,7 +629,9 @@ def test_an_abandoned_answer_is_logged_as_cancelled_and_frees_the_engine(
 class OverlayEngine(SpyEngine):
     """Answers with a region (its score unknown: NaN), a box and a mask, and a 'stopped' flag."""
 
-    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+    def answer(
+        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+    ):
         import numpy as np
 
         from omnipath.coords import RelBox

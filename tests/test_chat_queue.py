@@ -27,7 +27,9 @@ class GatedEngine:
         self.running = 0
         self.lock = threading.Lock()
 
-    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+    def answer(
+        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+    ):
         def stream():
             with self.lock:
                 self.running += 1

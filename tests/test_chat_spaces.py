@@ -56,7 +56,9 @@ class _Engine:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def answer(self, slide, history, question, options=None, *, stop=None, l0_region=None):
+    def answer(
+        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+    ):
         if not question:
             raise OptionsError("The question is empty; type a question about the slide.")
 

@@ -8,20 +8,25 @@ import threading
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from omnipath.coords import L0Rect, ThumbFrame
 from omnipath.engine import Answer, AnswerOptions, Engine, MaskResult
 from omnipath.engine.masks import place_mask, region_map
 from omnipath.engine.prompt import build_prompt, clean_text
 from omnipath.engine.results import bitmap_rle
-from omnipath.engine.sampling import make_generator, next_token
 from omnipath.engine.thumbs import ThumbnailCache
 from omnipath.errors import DeviceOutOfMemoryError, OptionsError, TokenBudgetError
-
-SLIDE_W, SLIDE_H = 1600, 1000
-TISSUE_RIGHT = 720  # tissue only left of this level-0 x; the rest is white background
-
+from tests.engine_models import (
+    SLIDE_H,
+    SLIDE_W,
+    TISSUE_RIGHT,
+    script_the_head,
+    tiny_llava_adapter,
+    tiny_model,
+)
+from tests.engine_models import (
+    write_slide as _write_slide,
+)
 
 # --- units without a model ------------------------------------------------------------------
 
@@ -38,6 +43,8 @@ TISSUE_RIGHT = 720  # tissue only left of this level-0 x; the rest is white back
         (AnswerOptions(timeout_s=0), "timeout_s"),
         (AnswerOptions(s=1000), "more than the 64 allowed"),
         (AnswerOptions(seed=-1), "seed"),
+        (AnswerOptions(top_k=-1), "top_k = -1"),
+        (AnswerOptions(repetition_penalty=0.0), "repetition_penalty"),
     ],
 )
 def test_options_validation(options: AnswerOptions, phrase: str) -> None:
@@ -75,21 +82,6 @@ def test_options_from_a_form_take_whole_floats_as_whole_numbers() -> None:
     options = AnswerOptions.from_form(s=8.0, max_new_tokens=256.0, temperature=0.5)
     assert (options.s, options.max_new_tokens, options.temperature) == (8, 256, 0.5)
     assert isinstance(options.s, int) and isinstance(options.max_new_tokens, int)
-
-
-def test_greedy_and_seeded_top_p_sampling() -> None:
-    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
-    assert next_token(logits, temperature=0.0, top_p=1.0, generator=None) == 1
-    draws = [
-        next_token(logits, temperature=1.0, top_p=0.9, generator=make_generator(s))
-        for s in range(40)
-    ]
-    assert set(draws) <= {1, 2} and len(set(draws)) == 2  # token 0 and 3 lie outside top_p
-    again = [
-        next_token(logits, temperature=1.0, top_p=0.9, generator=make_generator(s))
-        for s in range(40)
-    ]
-    assert draws == again
 
 
 def test_place_mask_crops_padding_and_lands_on_level0() -> None:
@@ -141,10 +133,7 @@ def test_clean_text_defuses_placeholders() -> None:
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple:
-    from omnipath.model import OmniPathForConditionalGeneration, build_tiny_tokenizer, tiny_config
-
-    torch.manual_seed(0)
-    return OmniPathForConditionalGeneration(tiny_config()).eval(), build_tiny_tokenizer()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +141,6 @@ def engine(tiny: tuple) -> Engine:
     """One engine for the module: its thumbnail cache makes later questions cheap, as in use."""
     model, tokenizer = tiny
     return Engine(model, tokenizer, model_id="tiny", revision=None, demo=True)
-
-
-def _write_slide(path, *, tissue_right: int = TISSUE_RIGHT) -> None:
-    """A small H&E-like image: tissue (pink with purple nuclei) left of `tissue_right`."""
-    rng = np.random.default_rng(0)
-    image = Image.new("RGB", (SLIDE_W, SLIDE_H), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    if tissue_right > 0:
-        draw.rectangle((0, 0, tissue_right - 1, SLIDE_H - 1), fill=(225, 140, 185))
-        for _ in range(1500):
-            x, y = rng.integers(0, tissue_right - 6), rng.integers(0, SLIDE_H - 6)
-            draw.ellipse((x, y, x + 5, y + 5), fill=(110, 50, 140))
-    image.save(path)
 
 
 def _open_slide():
@@ -258,6 +234,23 @@ def test_thumbnail_features_cached_per_slide(engine: Engine, slide) -> None:
     assert second.timings["vision"] == 0.0
 
 
+def test_caches_follow_the_slide_id_given_not_the_object(engine: Engine, tmp_path) -> None:
+    """Two openings of one slide under its id share the thumbnail and detail patches; the
+    same file under another id does not (the engine never guesses a key from the file)."""
+    open_slide = _open_slide()
+    path = tmp_path / "same.png"
+    _write_slide(path)
+    options = AnswerOptions(s=2, max_new_tokens=2)
+    engine.thumbs.clear()
+    runs = []
+    for slide_id in ("a" * 64, "a" * 64, "b" * 64):
+        with open_slide(path) as opened:
+            *_, answer = engine.answer(opened, [], "Where?", options, slide_id=slide_id)
+            runs.append(answer.tokens)
+    assert [t["thumbnail_cached"] for t in runs] == [0, 1, 0]
+    assert [t["detail_patches_cached"] for t in runs] == [0, 2, 0]
+
+
 def test_multi_turn_history_and_typed_placeholders(engine: Engine, slide) -> None:
     history = [
         {"role": "user", "content": "What does this slide show?"},
@@ -318,8 +311,7 @@ def test_masks_and_boxes_from_the_generated_text(engine: Engine, slide, monkeypa
         + tokenizer(" and ", add_special_tokens=False)["input_ids"]
         + [mask_id, tokenizer.eos_token_id]
     )
-    steps = iter(script)
-    monkeypatch.setattr("omnipath.engine.core.next_token", lambda *a, **k: next(steps))
+    script_the_head(engine, script, monkeypatch)
     deltas, answer = _run(engine, slide, max_new_tokens=64)
     assert answer.text.count("<mask>") == 2 and "".join(deltas) == answer.text
     assert len(answer.masks) == 2 and answer.tokens["masks"] == 2
@@ -414,47 +406,9 @@ def test_engine_info(engine: Engine) -> None:
 
 
 def test_stock_llava_through_the_adapter_gets_pgdfc_and_no_masks(tiny: tuple, slide) -> None:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
-
-    from omnipath.model.configuration import TINY_IMAGE_ID, TINY_VOCAB_SIZE
-    from omnipath.model.llava_adapter import LlavaAdapter
-
     _, tokenizer = tiny
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=64,
-        patch_size=8,
-        projection_dim=16,
-    )
-    text = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    llava = LlavaForConditionalGeneration(
-        LlavaConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_index=TINY_IMAGE_ID,
-            image_seq_length=64,
-        )
-    ).eval()
     engine = Engine(
-        LlavaAdapter(llava), tokenizer, model_id="llava-tiny", revision="r1", demo=False
+        tiny_llava_adapter(), tokenizer, model_id="llava-tiny", revision="r1", demo=False
     )
     assert engine.info["supports_masks"] is False
     deltas, answer = _run(engine, slide, s=3)
@@ -536,48 +490,35 @@ def test_detail_cache_is_lru_and_keyed_by_slide_and_rect(slide) -> None:
     )
 
 
-def test_overlapped_reads_give_the_sequential_regions_and_answers(
+def test_the_probe_is_a_pre_pass_and_details_are_read_before_any_full_forward(
     tiny: tuple, slide, monkeypatch
 ) -> None:
+    """Ψ from layer 0 alone: the detail reads start before any layer after the probed one
+    runs; the only full forward is generate's prefill of [e_v, e_t, ê_v, ê_t]."""
     from omnipath import pgdfc
 
     model, tokenizer = tiny
     events: list[str] = []
-    started = pgdfc.DetailReads.__init__
+    read = pgdfc.read_detail_patches
 
-    def logged_start(self, *args, **kwargs):
+    def logged_read(*args, **kwargs):
         events.append("reads")
-        started(self, *args, **kwargs)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(pgdfc.DetailReads, "__init__", logged_start)
-    last_layer = model.language_model.get_decoder().layers[-1]
-    hook = last_layer.register_forward_pre_hook(lambda m, a: events.append("last layer"))
-    answers, orders = {}, {}
-    for overlap in (True, False):
-        events.clear()
-        engine = Engine(
-            model,
-            tokenizer,
-            model_id="tiny",
-            revision=None,
-            demo=True,
-            detail_cache_size=0,
-            overlap_detail_reads=overlap,
-        )
-        answers[overlap] = [
-            _run(engine, slide, s=5, max_new_tokens=8)[1],
-            _run(engine, slide, s=3, pgdfc_mode="random", seed=3)[1],
-        ]
-        orders[overlap] = list(events)
-    hook.remove()
-    # overlapped: the reads start before the prefix prefill reaches its last layer;
-    # sequential: only after the prefill
-    assert orders[True][:2] == ["reads", "last layer"]
-    assert orders[False][:2] == ["last layer", "reads"]
-    for overlapped, sequential in zip(answers[True], answers[False], strict=True):
-        assert overlapped.regions == sequential.regions
-        assert overlapped.text == sequential.text
-        assert overlapped.tokens == sequential.tokens
+    monkeypatch.setattr(pgdfc, "read_detail_patches", logged_read)
+    layers = model.language_model.get_decoder().layers
+    hooks = [
+        layers[0].mlp.register_forward_pre_hook(lambda m, a: events.append("layer 0 mlp")),
+        layers[-1].register_forward_pre_hook(lambda m, a: events.append("last layer")),
+    ]
+    engine = Engine(model, tokenizer, model_id="tiny", revision=None, demo=True)
+    try:
+        _, answer = _run(engine, slide, s=5, max_new_tokens=3)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert events[:3] == ["reads", "layer 0 mlp", "last layer"]
+    assert answer.timings["probe"] > 0 and len(answer.regions) == 5
 
 
 def test_detail_scale_factors_keep_the_token_count_and_encode_one_tile() -> None:

@@ -203,7 +203,7 @@ def test_language_model_generates(loaded):
 def test_pgdfc_probe_runs_on_the_adapter(loaded, llava_folder):
     """PGDFC needs only language_model's layer 0: on the sdpa model the probe row equals the
     eager attention of the same checkpoint loaded with attn_implementation="eager"."""
-    from omnipath.pgdfc import AttentionProbe
+    from omnipath.pgdfc import probe_prepass
 
     folder, _ = llava_folder
     eager = load_model(
@@ -215,12 +215,10 @@ def test_pgdfc_probe_runs_on_the_adapter(loaded, llava_folder):
     with torch.no_grad():
         tokens, _ = model.encode_images(torch.rand(1, 3, IMAGE_SIDE, IMAGE_SIDE))
         merged = model.merge_embeddings(input_ids, model.embed_tokens(input_ids), tokens)
-        with AttentionProbe(model.language_model) as probe:
-            model.language_model(inputs_embeds=merged)
+        row = probe_prepass(model.language_model, merged).mean(dim=1)
         reference = eager.language_model.model(inputs_embeds=merged, output_attentions=True)
     expected = reference.attentions[0][:, :, -1, :].mean(dim=1)
-    assert probe.row is not None
-    torch.testing.assert_close(probe.row, expected.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(row, expected.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_detail_patches_pool_to_the_asked_token_count(loaded):

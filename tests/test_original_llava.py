@@ -367,11 +367,10 @@ def test_engine_answers_with_pgdfc_regions_and_no_masks(loaded, original, tissue
     path, tissue_right = tissue_png
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(model, tokenizer, model_id=loaded.model_id, revision=None, demo=False)
-    script = iter(
-        tokenizer("tumor: [0.0, 0.25, 0.5, 0.75]", add_special_tokens=False)["input_ids"]
-        + [tokenizer.eos_token_id]
-    )
-    monkeypatch.setattr("omnipath.engine.core.next_token", lambda *a, **k: next(script))
+    from tests.engine_models import script_the_head
+
+    script = tokenizer("tumor: [0.0, 0.25, 0.5, 0.75]", add_special_tokens=False)["input_ids"]
+    script_the_head(engine, [*script, tokenizer.eos_token_id], monkeypatch)
     options = AnswerOptions(pgdfc_mode="attention", s=2, max_new_tokens=40)
     with open_slide(path) as slide:
         answer = list(engine.answer(slide, [], QUESTION, options))[-1]

@@ -252,3 +252,10 @@ def test_bad_attend_maps_are_clear_errors(tmp_path):
     dataset = ConversationDataset(path, thumb_side=SIDE, detail_side=8)
     with pytest.raises(DatasetError, match="could not be read"):
         dataset[0]
+
+
+def test_training_and_serving_share_one_prompt_renderer() -> None:
+    from omnipath.engine import prompt
+    from omnipath.train import collator
+
+    assert collator.render_chat is prompt.render_chat

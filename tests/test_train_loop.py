@@ -98,9 +98,11 @@ def test_probe_loss_moves_layer0_attention_onto_the_attend_map(tmp_path):
         for row in range(2):
             end = int(probe_inputs["probe_positions"][row]) + 1
             ids = inputs["input_ids"][row : row + 1, :end]
-            with torch.no_grad(), pgdfc.AttentionProbe(m.language_model) as probe:
-                m(input_ids=ids, images=inputs["images"][row : row + 1], use_cache=False)
-            cells = probe.row[0][(ids[0] == m.config.image_token_id).nonzero().flatten()]
+            with torch.no_grad():
+                thumb, _ = m.encode_images(inputs["images"][row : row + 1])
+                embeds = m.merge_embeddings(ids, m.embed_tokens(ids), thumb)
+                psi = pgdfc.probe_prepass(m.language_model, embeds).mean(dim=1)
+            cells = psi[0][(ids[0] == m.config.image_token_id).nonzero().flatten()]
             target = probe_inputs["attention_targets"][row]
             shares.append(float((cells * target).sum() / cells.sum()))
         return sum(shares) / len(shares)
@@ -215,3 +217,17 @@ def test_command_line_trains_tiny_and_resumes(tmp_path, capsys):
     main(args + ["--max-steps", "3"])  # continues from checkpoint 2
     assert "3 steps" in capsys.readouterr().out
     assert list_checkpoints(tmp_path / "cli")[-1].name == "checkpoint-0000003"
+
+
+def test_training_loads_tiny_as_the_server_does() -> None:
+    """One loader: `python -m omnipath.train --model tiny` starts from the very weights the
+    server serves as "tiny" (load_model), not from a second construction."""
+    from omnipath.model.loading import LoadOptions, load_model
+    from omnipath.train.__main__ import _load
+
+    trained, _ = _load("tiny")
+    served = load_model("tiny", LoadOptions(dtype="float32", device="cpu")).model
+    for (name, a), (_, b) in zip(
+        trained.state_dict().items(), served.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name

@@ -97,6 +97,7 @@ def build_engine(config: WebConfig) -> Any:
         revision=loaded.revision,
         demo=config.demo_model,
         quantization=loaded.quantization,
+        max_batch_size=config.max_concurrent_answers,
     )
 
 

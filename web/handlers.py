@@ -285,6 +285,7 @@ def _run(
             options,
             stop=stop,
             l0_region=request.l0_region,
+            slide_id=request.slide_id,
         )
         turn_id = store.begin_answer(
             conversation_id,

@@ -19,7 +19,6 @@ from omnipath.errors import OptionsError
 
 # A drawn region is about 60 characters of JSON; far longer text is not one (nor parsed).
 MAX_REGION_CHARS = 1000
-EMPTY_QUESTION = "The question is empty; type a question about the slide."
 
 
 def form_options(mode: Any, s: Any, max_new_tokens: Any, temperature: Any) -> Any:
@@ -88,14 +87,13 @@ class Question:
         """Check a question asked in `conversation` (Store.load_conversation()'s dict, for its
         slide's size). options: AnswerOptions (checked again here; defaults when None)."""
         from omnipath.engine import AnswerOptions
+        from omnipath.engine.options import check_question
 
-        if not isinstance(text, str) or not text.strip():
-            raise OptionsError(EMPTY_QUESTION)
         slide = conversation["slide"]
         return cls(
             conversation_id=conversation["id"],
             slide_id=slide["id"],
-            text=text.strip(),
+            text=check_question(text),
             options=(AnswerOptions() if options is None else options).validate(),
             l0_region=parse_region(region, slide["width"], slide["height"]),
             retry_of=retry_of,

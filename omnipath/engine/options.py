@@ -7,12 +7,25 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from omnipath.errors import OptionsError, echo
-from omnipath.pgdfc import PGDFC_MODES, validate_mode, validate_s
+from omnipath.pgdfc import validate_mode, validate_s
 
 # Upper limits a person could still mean; beyond them the request is a mistake, not a wish.
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_DETAIL_PATCHES = 64
 MAX_TIMEOUT_S = 3600.0
+MAX_QUESTION_CHARS = 8000
+
+
+def check_question(question: object) -> str:
+    """The question, stripped; OptionsError when it is not text, empty or too long. The one
+    check of a question's text: the web layer's parsing and the engine both call it."""
+    if not isinstance(question, str) or not question.strip():
+        raise OptionsError("The question is empty; type a question about the slide.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise OptionsError(
+            f"The question is {len(question)} characters long; keep it under {MAX_QUESTION_CHARS}."
+        )
+    return question.strip()
 
 
 @dataclass(frozen=True)
@@ -21,8 +34,9 @@ class AnswerOptions:
 
     pgdfc_mode: "attention" (PGDFC), "random" (S random tissue cells, seeded: the paper's
     ablation baseline) or "off" (thumbnail only). s: detail patches (S). temperature 0 is
-    greedy; above 0, seeded sampling with nucleus `top_p`. timeout_s: wall clock for the
-    whole answer; text generated until then is kept.
+    greedy; above 0, seeded sampling with nucleus `top_p` and `top_k` (0: no limit).
+    repetition_penalty: 1 is none (transformers' processor, greedy or not). timeout_s: wall
+    clock for the whole answer; text generated until then is kept.
     """
 
     pgdfc_mode: str = "attention"
@@ -32,6 +46,8 @@ class AnswerOptions:
     top_p: float = 1.0
     seed: int = 0
     timeout_s: float = 120.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
 
     @classmethod
     def from_form(cls, **values: Any) -> AnswerOptions:
@@ -66,6 +82,14 @@ class AnswerOptions:
         _number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise OptionsError(f"top_p = {self.top_p} must be above 0 and at most 1.")
+        _whole("top_k", self.top_k)
+        if not 0 <= self.top_k <= 100_000:
+            raise OptionsError(f"top_k = {self.top_k} must be 0 (no limit) or a positive count.")
+        _number("repetition_penalty", self.repetition_penalty)
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise OptionsError(
+                f"repetition_penalty = {self.repetition_penalty} must be above 0 and at most 10."
+            )
         _whole("seed", self.seed)
         if not 0 <= self.seed < 2**63:
             raise OptionsError(f"seed = {self.seed} must be a non-negative whole number.")
@@ -78,10 +102,6 @@ class AnswerOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @staticmethod
-    def modes() -> tuple[str, ...]:
-        return PGDFC_MODES
 
 
 def _whole(name: str, value: object) -> None:

@@ -14,10 +14,13 @@ text is cut there, so the template decides every other character.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from omnipath.errors import OptionsError
+
+log = logging.getLogger(__name__)
 
 # Private-use code points: never produced by a tokenizer's template nor typed by a user
 # (they are stripped from user text below).
@@ -29,12 +32,13 @@ IMAGE_TEXT = "<image>"
 MASK_TEXT = "<mask>"
 ROLES = ("system", "user", "assistant")
 
-# Used only when a tokenizer has no chat template; the same as training's fallback.
+# Used only when a tokenizer has no chat template (some test tokenizers).
 _FALLBACK_ROLE_PREFIX = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
 
 
 def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> str:
-    """The chat as text: the tokenizer's chat template, or training's plain fallback."""
+    """The chat as text: the tokenizer's chat template, or a plain fallback without one. The
+    one renderer of training (omnipath.train.collator) and serving."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -143,3 +147,33 @@ def detail_block_ids(
         _encode(tokenizer, f"\n{text} ") + [image_token_id] * tokens_per_patch
         for text in position_texts
     ]
+
+
+def stop_token_ids_of(model, tokenizer) -> set[int]:
+    """End of answer: the EOS ids, plus the chat template's end-of-turn marker when it is a
+    special token (ChatML's <|im_end|>, Llama 3's <|eot_id|>)."""
+    stop: set[int] = set()
+    for source in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        getattr(model.language_model.config, "eos_token_id", None),
+    ):
+        if isinstance(source, int):
+            stop.add(source)
+        elif isinstance(source, list | tuple):
+            stop.update(int(s) for s in source)
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            marker = "\ue000end\ue000"
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
+                tokenize=False,
+            )
+            after = text.split(marker, 1)[1]
+            ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+            special = set(getattr(tokenizer, "all_special_ids", []))
+            if ids and ids[0] in special:
+                stop.add(int(ids[0]))
+        except Exception:  # a template that cannot render this probe: EOS alone
+            log.debug("no end-of-turn marker found in the chat template", exc_info=True)
+    return stop

@@ -10,7 +10,7 @@ import numpy as np
 from omnipath.boxes import Box
 from omnipath.coords import L0Rect
 
-__all__ = ["Answer", "Box", "MaskResult", "Region", "bitmap_rle", "rect_dict"]
+__all__ = ["Answer", "Box", "MaskResult", "Queued", "Region", "bitmap_rle", "rect_dict"]
 
 
 def rect_dict(rect: L0Rect) -> dict[str, int]:
@@ -41,6 +41,14 @@ class Region:
     def to_dict(self) -> dict:
         score = self.score if math.isfinite(self.score) else None
         return {"rank": self.rank, "score": score, "l0_rect": rect_dict(self.l0_rect)}
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Yielded by `Engine.answer(..., queue_updates=True)` while the answer waits for a batch:
+    `ahead` questions wait before it (0: its batch is starting)."""
+
+    ahead: int
 
 
 @dataclass(frozen=True)

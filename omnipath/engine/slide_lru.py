@@ -1,9 +1,8 @@
-"""A bounded, thread-safe LRU keyed by slide identity: the base of the thumbnail cache and the
-detail-patch cache."""
+"""A bounded, thread-safe LRU keyed by slide identity (the slide id, or the slide object while
+it lives): the base of the thumbnail cache and the detail-patch cache."""
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -14,19 +13,10 @@ Value = TypeVar("Value")
 
 
 def slide_key(slide: Any) -> Hashable:
-    """Identity of a slide for caching: its content hash or id when it has one, else its file
-    (path, size, mtime), else the object itself (weakly, see SlideLRU)."""
-    for name in ("slide_id", "content_hash", "sha256"):
-        value = getattr(slide, name, None)
-        if isinstance(value, str) and value:
-            return (name, value)
-    path = getattr(slide, "path", None)
-    if path is not None:
-        try:
-            stat = os.stat(path)
-            return ("path", os.fspath(path), stat.st_size, stat.st_mtime_ns)
-        except OSError:
-            pass
+    """Identity of a slide for caching: the slide id the caller passed (a str), else the slide
+    object itself (weakly, see SlideLRU)."""
+    if isinstance(slide, str):
+        return ("id", slide)
     return ("object", id(slide))
 
 

@@ -3,6 +3,7 @@ square thumbnail, its tissue grid and its vision features (an LRU cache)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -43,3 +44,42 @@ class ThumbnailCache(SlideLRU[ThumbFeatures]):
 
     def put(self, slide: Any, side: int, entry: ThumbFeatures) -> None:
         self._store(slide, self.key(slide, side), entry)
+
+
+@dataclass
+class Look:
+    """A slide's square thumbnail and its tissue grid (grid×grid tissue fraction), made when
+    a question is asked so S is checked then; `features` when the vision features are
+    cached already, else `seconds` it took to render."""
+
+    frame: ThumbFrame
+    image: Image.Image
+    tissue: np.ndarray
+    seconds: float = 0.0
+    features: ThumbFeatures | None = None
+
+
+def look_at(
+    slide: Any,
+    key: Any,
+    cache: ThumbnailCache,
+    side: int,
+    grid: int,
+    pad_fill: tuple[int, int, int] | None = None,
+) -> Look:
+    """The cached ThumbFeatures of `key` when the slide was seen, else the thumbnail and its
+    tissue grid rendered now (no model call). pad_fill: the model's padding colour (LLaVA's
+    mean colour); tissue is always measured on white padding (glass)."""
+    cached = cache.get(key, side)
+    if cached is not None:
+        return Look(cached.frame, cached.image, cached.tissue, features=cached)
+    from omnipath.slide.tissue import tissue_fraction
+
+    started = time.perf_counter()
+    frame = ThumbFrame(int(slide.l0_width), int(slide.l0_height), side)
+    thumbnail = slide.thumbnail(side)
+    image = frame.render(thumbnail)
+    tissue = np.asarray(tissue_fraction(image, (grid, grid)), dtype=np.float32)
+    if pad_fill is not None:
+        image = frame.render(thumbnail, fill=tuple(pad_fill))
+    return Look(frame, image, tissue, seconds=time.perf_counter() - started)

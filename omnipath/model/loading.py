@@ -47,6 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from omnipath import facts
 from omnipath.errors import (
     DeviceOutOfMemoryError,
     ModelLoadError,
@@ -60,12 +61,11 @@ logger = logging.getLogger(__name__)
 
 ModelKind = Literal["omnipath", "llava", "llava_original", "tiny"]
 
+# The precisions --model-dtype names (omnipath.facts), as torch dtypes ("auto" is resolved).
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
+    name: getattr(torch, name) for name in facts.DTYPE_NAMES if name != "auto"
 }
-QUANTIZATIONS = (None, "4bit", "8bit")
+QUANTIZATIONS = (None, *facts.QUANTIZATIONS)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 TINY_SEED = 0
 # Names that load the embedded demonstration model (omnipath/mini).

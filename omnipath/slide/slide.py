@@ -147,7 +147,6 @@ class _GuardedSlide(openslide.AbstractSlide):
     def __init__(self, slide: Slide) -> None:
         super().__init__()
         self._slide = slide
-        self._profile = slide.icc_profile
 
     @classmethod
     def detect_format(cls, filename: object) -> str | None:

@@ -23,32 +23,17 @@ from pathlib import Path
 
 
 def _load(source: str):
-    """(model, tokenizer) for "tiny", "mini" (omnipath-mini to train), or a checkpoint folder."""
-    if source == "tiny":
-        from omnipath.model import (
-            OmniPathForConditionalGeneration,
-            build_tiny_tokenizer,
-            tiny_config,
-        )
-
-        return OmniPathForConditionalGeneration(tiny_config()), build_tiny_tokenizer()
+    """(model, tokenizer) for "mini" (omnipath-mini to train: pretrained SmolLM2, fresh towers),
+    else what the server would load from `source` ("tiny", a checkpoint folder or hub id), in
+    float32 on the CPU (the trainer places it): one loader for training and serving."""
     if source == "mini":
         from omnipath.mini.model import build_mini_for_training
 
         return build_mini_for_training()
-    from transformers import AutoTokenizer
+    from omnipath.model.loading import LoadOptions, load_model
 
-    from omnipath.errors import ModelNotFoundError
-    from omnipath.model import OmniPathForConditionalGeneration
-
-    folder = Path(source)
-    if not (folder / "config.json").is_file():
-        raise ModelNotFoundError(
-            f"{source} is neither 'tiny', 'mini' nor an OmniPath checkpoint folder."
-        )
-    return OmniPathForConditionalGeneration.from_pretrained(folder), AutoTokenizer.from_pretrained(
-        folder
-    )
+    loaded = load_model(source, LoadOptions(dtype="float32", device="cpu"))
+    return loaded.model, loaded.tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,23 +24,10 @@ from typing import Literal
 
 import torch
 
+from omnipath.engine.prompt import render_chat
 from omnipath.train.data import IMAGE_PLACEHOLDER, DatasetError, Example
 
 IGNORE_INDEX = -100
-
-# Used only when a tokenizer has no chat template (some test tokenizers).
-_FALLBACK_ROLE_PREFIX = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
-
-
-def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> str:
-    """The chat as text: the tokenizer's chat template, or a plain fallback without one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-    eos = tokenizer.eos_token or ""
-    text = "".join(f"{_FALLBACK_ROLE_PREFIX[m['role']]}{m['content']}{eos}\n" for m in messages)
-    return text + (_FALLBACK_ROLE_PREFIX["assistant"] if add_generation_prompt else "")
 
 
 def detail_block_text(texts: Sequence[str]) -> str:
