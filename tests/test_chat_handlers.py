@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from omnipath.coords import L0Rect
-from omnipath.engine import Answer, AnswerOptions
+from omnipath.engine import Answer, AnswerOptions, Queued
 from omnipath.errors import (
     GenerationError,
     NotFoundError,
@@ -40,11 +40,27 @@ class SpyEngine:
         return self.engine.info
 
     def answer(
-        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+        self,
+        slide,
+        history,
+        question,
+        options=None,
+        *,
+        stop=None,
+        l0_region=None,
+        slide_id=None,
+        queue_updates=False,
     ):
         self.calls.append({"history": list(history), "question": question, "l0_region": l0_region})
         return self.engine.answer(
-            slide, history, question, options, stop=stop, l0_region=l0_region, slide_id=slide_id
+            slide,
+            history,
+            question,
+            options,
+            stop=stop,
+            l0_region=l0_region,
+            slide_id=slide_id,
+            queue_updates=queue_updates,
         )
 
 
@@ -52,7 +68,16 @@ class FailingEngine(SpyEngine):
     """Streams one delta, then fails the way a GPU out-of-memory would surface."""
 
     def answer(
-        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+        self,
+        slide,
+        history,
+        question,
+        options=None,
+        *,
+        stop=None,
+        l0_region=None,
+        slide_id=None,
+        queue_updates=False,
     ):
         options = options or AnswerOptions()
         options.validate()
@@ -65,15 +90,24 @@ class FailingEngine(SpyEngine):
 
 
 class ScriptedEngine(SpyEngine):
-    """Streams the given text deltas, then an Answer with their text; each delta moves
-    `clock` (a FakeClock, when given) on by `step` seconds."""
+    """Streams the given items (text deltas, or Queued places), then an Answer with the
+    deltas' text; each item moves `clock` (a FakeClock, when given) on by `step` seconds."""
 
     def __init__(self, engine, deltas: list[str], clock=None, step: float = 0.0) -> None:
         super().__init__(engine)
         self.deltas, self.clock, self.step = deltas, clock, step
 
     def answer(
-        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+        self,
+        slide,
+        history,
+        question,
+        options=None,
+        *,
+        stop=None,
+        l0_region=None,
+        slide_id=None,
+        queue_updates=False,
     ):
         (options or AnswerOptions()).validate()
 
@@ -82,7 +116,8 @@ class ScriptedEngine(SpyEngine):
                 if self.clock is not None:
                     self.clock.now += self.step
                 yield delta
-            yield Answer(text="".join(self.deltas), model_id="tiny")
+            text = "".join(d for d in self.deltas if isinstance(d, str))
+            yield Answer(text=text, model_id="tiny")
 
         return stream()
 
@@ -548,6 +583,21 @@ def test_the_text_so_far_is_saved_at_a_bounded_rate(
     assert services.store.get_turn(final.turn_id)["text"] == "word " * 50  # the end completes it
 
 
+def test_a_waiting_question_is_told_its_place_then_answered(services, uploaded, tiny_engine):
+    """While the engine's batch is busy, the question's place reaches the stream (and the
+    chat bubble says it); then the answer streams as usual."""
+    from web.chat_app import live_text
+
+    services.engine = ScriptedEngine(tiny_engine, [Queued(2), Queued(0), "Three ", "lesions."])
+    updates = list(handlers.ask(services, uploaded["conversation_id"], "How many?", OPTIONS))
+    assert [(u.waiting, u.text) for u in updates[:2]] == [(2, ""), (0, "")]
+    assert live_text(updates[0]) == "⏳ Waiting for the model: 2 questions are ahead of yours."
+    assert "next" in live_text(updates[1])
+    assert updates[2].waiting is None and live_text(updates[2]) == "Three "
+    assert updates[-1].done and updates[-1].text == "Three lesions."
+    assert updates[0].to_dict()["waiting"] == 2
+
+
 def test_an_empty_answer_says_the_model_gave_none(services, uploaded, tiny_engine) -> None:
     services.engine = ScriptedEngine(tiny_engine, [])
     _, final = _finish(handlers.ask(services, uploaded["conversation_id"], "Hm?", OPTIONS))
@@ -630,7 +680,16 @@ class OverlayEngine(SpyEngine):
     """Answers with a region (its score unknown: NaN), a box and a mask, and a 'stopped' flag."""
 
     def answer(
-        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+        self,
+        slide,
+        history,
+        question,
+        options=None,
+        *,
+        stop=None,
+        l0_region=None,
+        slide_id=None,
+        queue_updates=False,
     ):
         import numpy as np
 

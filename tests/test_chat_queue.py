@@ -28,7 +28,16 @@ class GatedEngine:
         self.lock = threading.Lock()
 
     def answer(
-        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+        self,
+        slide,
+        history,
+        question,
+        options=None,
+        *,
+        stop=None,
+        l0_region=None,
+        slide_id=None,
+        queue_updates=False,
     ):
         def stream():
             with self.lock:

@@ -57,7 +57,16 @@ class _Engine:
         self.asked: list[str] = []
 
     def answer(
-        self, slide, history, question, options=None, *, stop=None, l0_region=None, slide_id=None
+        self,
+        slide,
+        history,
+        question,
+        options=None,
+        *,
+        stop=None,
+        l0_region=None,
+        slide_id=None,
+        queue_updates=False,
     ):
         if not question:
             raise OptionsError("The question is empty; type a question about the slide.")

@@ -107,6 +107,17 @@ def _region_html(services: ChatServices) -> gr.HTML:
     )
 
 
+def live_text(update: handlers.AskUpdate) -> str:
+    """The answer bubble while an answer streams: its text, or its place in the model's queue
+    while it waits for a batch."""
+    if update.waiting is None or update.text:
+        return update.text
+    if update.waiting == 0:
+        return "⏳ Your question is next; the model is starting on it."
+    ahead = "1 question is" if update.waiting == 1 else f"{update.waiting} questions are"
+    return f"⏳ Waiting for the model: {ahead} ahead of yours."
+
+
 def build_chat_demo(chat: ChatServices) -> gr.Blocks:
     """The product UI around `chat` (web.app.build_demo builds the services from the config
     and calls this; tests inject a tiny engine and a temporary log)."""
@@ -210,7 +221,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                 shown = [*messages, {"role": "user", "content": stream.message}]
                 yield shown, "", gr.skip(), gr.skip()
                 for update in stream:
-                    live = [*shown, {"role": "assistant", "content": update.text}]
+                    live = [*shown, {"role": "assistant", "content": live_text(update)}]
                     if update.done:
                         layers = viewer_state(state["slide_id"], state["meta"], update.layers)
                         yield live, "", layers, ""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnipath.engine.results import Queued
 from omnipath.errors import (
     GenerationError,
     NotFoundError,
@@ -126,12 +127,14 @@ def _load(services: ChatServices, conversation_id: str) -> dict[str, Any]:
 
 @dataclass
 class AskUpdate:
-    """One step of an answer: `text` is the answer so far. The last update has done=True,
-    the logged turn's id, the Answer as a dict and the viewer layers."""
+    """One step of an answer: `text` is the answer so far; `waiting` the number of questions
+    ahead of this one while it waits for the model (None once it is being answered). The last
+    update has done=True, the logged turn's id, the Answer as a dict and the viewer layers."""
 
     conversation_id: str
     text: str
     done: bool = False
+    waiting: int | None = None
     turn_id: str | None = None
     answer: dict[str, Any] | None = None
     layers: dict[str, list] = field(default_factory=empty_layers)
@@ -141,6 +144,7 @@ class AskUpdate:
             "conversation_id": self.conversation_id,
             "text": self.text,
             "done": self.done,
+            "waiting": self.waiting,
             "turn_id": self.turn_id,
             "answer": self.answer,
             "layers": {
@@ -286,6 +290,7 @@ def _run(
             stop=stop,
             l0_region=request.l0_region,
             slide_id=request.slide_id,
+            queue_updates=True,
         )
         turn_id = store.begin_answer(
             conversation_id,
@@ -307,6 +312,8 @@ def _run(
                     text += item
                     partial.update(text)
                     yield AskUpdate(conversation_id, text)
+                elif isinstance(item, Queued):
+                    yield AskUpdate(conversation_id, text, waiting=item.ahead)
                 else:
                     answer = item
             if answer is None:
