@@ -13,14 +13,22 @@ Persistent storage: when /data is mounted, slides, exports and the SQLite log li
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for _path in (REPO, HERE):  # the project, and gpu_answer next to this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import gpu_answer  # noqa: E402  (needs the paths above)
+
+from omnipath.facts import is_demo_model  # noqa: E402
 
 SMALL_GPU_GIB = 40  # below this, a 13B model in 16-bit does not fit: load it in 4-bit
 PERSISTENT = Path("/data")
@@ -36,7 +44,7 @@ def space_environment(
     model = environ.get("OMNIPATH_MODEL", "mini")
     out["OMNIPATH_MODEL"] = model
     precision = environ.get("OMNIPATH_PRECISION", "auto").strip().lower()
-    demo = model in ("tiny", "mini") or "omnipath-mini" in model
+    demo = is_demo_model(model)
     if precision == "auto" and gpu_gib is not None and gpu_gib < SMALL_GPU_GIB and not demo:
         precision = "4bit"
     if precision in ("4bit", "8bit"):
@@ -49,32 +57,51 @@ def space_environment(
     return out
 
 
-def gpu_seconds(slide: Any, history: Any, question: Any, options: Any = None, **_: Any) -> int:
-    """ZeroGPU duration for one answer, from S and max new tokens."""
+def gpu_seconds(
+    slide_path: Any, slide_id: Any, history: Any, question: Any, options: Any = None, *_: Any
+) -> int:
+    """ZeroGPU duration for one answer, from S and max new tokens; called with the arguments
+    of gpu_answer.answer_on_gpu (options: AnswerOptions)."""
     s = 0 if options is None or options.pgdfc_mode == "off" else options.s
     tokens = 256 if options is None else options.max_new_tokens
     return int(min(GPU_MAX_S, GPU_BASE_S + GPU_PER_PATCH_S * s + GPU_PER_TOKEN_S * tokens))
 
 
-def on_gpu(engine: Any) -> None:
-    """Run the engine's answers under @spaces.GPU (ZeroGPU); a no-op without `spaces` and
-    effect-free on dedicated GPU hardware."""
+def on_gpu(engine: Any) -> Any:
+    """The engine the app should use: on ZeroGPU (the `spaces` package importable), one whose
+    answers run gpu_answer.answer_on_gpu under @spaces.GPU in ZeroGPU's GPU process; without
+    `spaces`, `engine` itself. Call at start-up, before the server starts."""
     try:
-        import spaces
+        from spaces import GPU
     except ImportError:
+        return engine
+    gpu_answer.install(engine)
+    return gpu_answer.ZeroGpuEngine(engine, GPU(duration=gpu_seconds)(gpu_answer.answer_on_gpu))
+
+
+def ensure_viewer(
+    viewer_dir: Path | None = None,
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    run: Callable[..., Any] = subprocess.run,
+) -> None:
+    """`npm ci` in web/viewer when its node_modules is missing (a Gradio-SDK Space has no
+    build step; packages.txt brings Debian's nodejs and npm). Raises
+    ViewerAssetsMissingError with a sentence when npm is not installed."""
+    from web.viewer_component import VIEWER_DIR, ViewerAssetsMissingError
+
+    viewer_dir = VIEWER_DIR if viewer_dir is None else viewer_dir
+    if (viewer_dir / "node_modules").is_dir():
         return
-    answer = engine.answer
-
-    @spaces.GPU(duration=gpu_seconds)
-    def stream(slide, history, question, options=None, *, stop=None, l0_region=None):
-        yield from answer(slide, history, question, options, stop=stop, l0_region=l0_region)
-
-    def checked(slide, history, question, options=None, *, stop=None, l0_region=None):
-        # Engine.answer checks its arguments when called; keep that before the GPU is taken.
-        answer(slide, history, question, options, stop=stop, l0_region=l0_region).close()
-        return stream(slide, history, question, options, stop=stop, l0_region=l0_region)
-
-    engine.answer = checked
+    npm = which("npm")
+    if npm is None:
+        raise ViewerAssetsMissingError(
+            "The slide viewer's packages (web/viewer/node_modules) are missing and npm is not "
+            "installed: list nodejs and npm in the Space's packages.txt, or run `npm ci` in "
+            "web/viewer before starting.",
+            detail=str(viewer_dir),
+        )
+    run([npm, "ci", "--no-audit", "--no-fund", "--omit=dev"], cwd=viewer_dir, check=True)
 
 
 def _gpu_gib() -> float | None:
@@ -93,12 +120,19 @@ def main(environ: MutableMapping[str, str] = os.environ) -> None:
     environ.update(space_environment(environ, gpu_gib=_gpu_gib(), data_mounted=mounted))
     import uvicorn
 
+    from omnipath.errors import OmniPathError
+
+    try:
+        ensure_viewer()
+    except OmniPathError as exc:
+        raise SystemExit(exc.message) from None
+
     from web.app import app_services, create_app
     from web.config import load_config
 
     config = load_config([])
     services = app_services(config)
-    on_gpu(services.engine)
+    services.engine = on_gpu(services.engine)
     uvicorn.run(create_app(config, services), host=config.host, port=config.port)
 
 
