@@ -27,16 +27,16 @@ def upgrade() -> None:
         "conversations",
         sa.Column("owner", sa.String(128), nullable=False, server_default=LOCAL_OWNER),
     )
-    op.create_index(
-        "ix_conversations_owner_updated_at", "conversations", ["owner", "updated_at"]
-    )
+    op.create_index("ix_conversations_owner_updated_at", "conversations", ["owner", "updated_at"])
     op.create_table(
         "slide_grants",
         sa.Column("slide_id", sa.String(128), nullable=False),
         sa.Column("owner", sa.String(128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["slide_id"], ["slides.id"], name="fk_slide_grants_slide_id_slides",
+            ["slide_id"],
+            ["slides.id"],
+            name="fk_slide_grants_slide_id_slides",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("slide_id", "owner", name="pk_slide_grants"),
