@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from omnipath.errors import OmniPathError, OptionsError, echo
+from storage.models import LOCAL_OWNER
 from web.chat_services import ChatServices
 from web.handlers import _ensure_registered, _load
 
@@ -37,6 +38,8 @@ def export_conversation(
     conversation_id: str,
     fmt: str,
     folder: str | os.PathLike[str] | None = None,
+    *,
+    owner: str = LOCAL_OWNER,
 ) -> Path:
     """Write one export of the conversation (readable by this user only) and return its path:
     "json" (everything logged), "geojson" (regions, boxes, masks in level-0 pixels, for
@@ -45,7 +48,7 @@ def export_conversation(
 
     if fmt not in EXPORT_FORMATS:
         raise OptionsError(f"Export as one of {', '.join(EXPORT_FORMATS)}, not {echo(fmt)}.")
-    conversation = _load(services, conversation_id)
+    conversation = _load(services, conversation_id, owner)
     conversation_id = conversation["id"]
     folder = Path(folder) if folder is not None else services.settings.exports_dir
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -121,9 +124,11 @@ class DownloadFolder:
                 self._path = Path(tempfile.mkdtemp(prefix="omnipath-downloads-"))
             return self._path
 
-    def export(self, services: ChatServices, conversation_id: str, fmt: str) -> Path:
+    def export(
+        self, services: ChatServices, conversation_id: str, fmt: str, *, owner: str = LOCAL_OWNER
+    ) -> Path:
         """export_conversation() into this folder, then the sweep."""
         folder = self.path
-        path = export_conversation(services, conversation_id, fmt, folder)
+        path = export_conversation(services, conversation_id, fmt, folder, owner=owner)
         sweep(folder, self.keep_s)
         return path
