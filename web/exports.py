@@ -53,9 +53,11 @@ def export_conversation(
     folder = Path(folder) if folder is not None else services.settings.exports_dir
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if fmt == "json":
-        content = json.dumps(conversation_json(services.store, conversation_id), ensure_ascii=False)
+        content = json.dumps(
+            conversation_json(services.store, conversation_id, owner=owner), ensure_ascii=False
+        )
     elif fmt == "geojson":
-        content = json.dumps(conversation_geojson(services.store, conversation_id))
+        content = json.dumps(conversation_geojson(services.store, conversation_id, owner=owner))
     else:
         from web.report import conversation_report
 
