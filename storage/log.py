@@ -14,7 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -652,6 +652,33 @@ class Store:
         when there is none of that id that is theirs)."""
         with self._transaction(write=True) as session:
             session.delete(self._locked_conversation(session, conversation_id, owner))
+
+    def purge_idle_owners(self, prefix: str, idle_s: float) -> int:
+        """Deletes the conversations (with their turns) and slide grants of the owners whose
+        name starts with `prefix` ("anon:", public demo visitors) and who wrote nothing for
+        `idle_s` seconds. Returns the number of owners purged."""
+        cutoff = utcnow() - timedelta(seconds=idle_s)
+        anonymous = Conversation.owner.startswith(prefix, autoescape=True)
+        with self._transaction(write=True) as session:
+            last = dict(
+                session.execute(
+                    select(Conversation.owner, func.max(Conversation.updated_at))
+                    .where(anonymous)
+                    .group_by(Conversation.owner)
+                ).all()
+            )
+            granted = SlideGrant.owner.startswith(prefix, autoescape=True)
+            for owner, created in session.execute(
+                select(SlideGrant.owner, func.max(SlideGrant.created_at))
+                .where(granted)
+                .group_by(SlideGrant.owner)
+            ).all():
+                last[owner] = max(created, last.get(owner, created))
+            idle = [owner for owner, when in last.items() if when < cutoff]
+            if idle:
+                session.execute(delete(Conversation).where(Conversation.owner.in_(idle)))
+                session.execute(delete(SlideGrant).where(SlideGrant.owner.in_(idle)))
+            return len(idle)
 
     # --- feedback ---------------------------------------------------------------------
 

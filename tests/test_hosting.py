@@ -299,3 +299,24 @@ def test_the_banner_names_the_access_mode(logins) -> None:
     from web.chat_app import banner_markdown
 
     assert "**Access** Signed-in users" in banner_markdown(banner)
+
+
+def test_a_public_demo_visitors_space_expires(two_owners) -> None:
+    from sqlalchemy import text
+
+    from web.access import expire_visitors
+    from web.upload import upload_slide
+
+    chat = two_owners["chat"]
+    slide = chat.store.get_slide(two_owners["slide_id"])["stored_path"]
+    visitor = upload_slide(chat, slide, owner="anon:visitor")
+    assert expire_visitors(chat) == 0  # the default: 7 days
+    with chat.store.engine.begin() as conn:
+        for table, column in (("conversations", "updated_at"), ("slide_grants", "created_at")):
+            conn.execute(
+                text(f"UPDATE {table} SET {column} = :t"), {"t": "2020-01-01 00:00:00.000000"}
+            )
+    assert expire_visitors(chat) == 1
+    with pytest.raises(NotFoundError):
+        handlers.reopen_conversation(chat, visitor["conversation_id"], owner="anon:visitor")
+    assert handlers.list_conversations(chat, owner="user:alice")  # signed-in users are kept

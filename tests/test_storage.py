@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -612,3 +613,24 @@ def test_errors_quote_at_most_a_line_of_what_was_sent(store: Store, conversation
         with pytest.raises((NotFoundError, InvalidRecordError)) as info:
             call()
         assert "7777777" in info.value.message and len(info.value.message) < 200
+
+
+def test_idle_anonymous_owners_are_purged_and_others_kept(store: Store) -> None:
+    store.record_slide(SLIDE_ID, **SLIDE)
+    old = store.start_conversation(SLIDE_ID, owner="anon:old")
+    store.log_turn(old, "user", "Forget me")
+    fresh = store.start_conversation(SLIDE_ID, owner="anon:fresh")
+    user = store.start_conversation(SLIDE_ID, owner="user:alice")
+    with store.engine.begin() as conn:
+        for table, column in (("conversations", "updated_at"), ("slide_grants", "created_at")):
+            conn.execute(
+                text(f"UPDATE {table} SET {column} = :t WHERE owner IN ('anon:old', 'user:alice')"),
+                {"t": datetime(2020, 1, 1, tzinfo=UTC)},
+            )
+    assert store.purge_idle_owners("anon:", idle_s=7 * 24 * 3600) == 1
+    assert store.list_conversations(owner="anon:old") == []
+    assert not store.may_see_slide(SLIDE_ID, "anon:old")
+    assert _row_count(store, "turns") == 0
+    assert [c["id"] for c in store.list_conversations(owner="anon:fresh")] == [fresh]
+    assert [c["id"] for c in store.list_conversations(owner="user:alice")] == [user]
+    assert store.purge_idle_owners("anon:", idle_s=7 * 24 * 3600) == 0

@@ -6,10 +6,14 @@ while the server runs); refusals are asked again.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from web.chat_services import ChatServices
+from web.identity import VISITOR_PREFIX
+
+log = logging.getLogger(__name__)
 
 # Remembered (owner, slide id) grants; beyond this many, the memory starts over.
 MAX_REMEMBERED = 10_000
@@ -40,3 +44,33 @@ class SlideAccess:
                 self._granted.clear()
             self._granted.add(key)
         return True
+
+
+# How often the server looks for expired visitor spaces, in seconds.
+EXPIRY_CHECK_S = 3600
+
+
+def expire_visitors(chat: ChatServices) -> int:
+    """Delete the spaces of public demo visitors idle for longer than anonymous_keep_days."""
+    idle_s = chat.settings.anonymous_keep_days * 24 * 3600
+    return chat.store.purge_idle_owners(VISITOR_PREFIX, idle_s)
+
+
+def keep_expiring_visitors(chat: ChatServices) -> threading.Event:
+    """expire_visitors now and then every EXPIRY_CHECK_S in a daemon thread; set the returned
+    event to stop it."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while True:
+            try:
+                purged = expire_visitors(chat)
+                if purged:
+                    log.info("deleted the spaces of %d idle public demo visitor(s)", purged)
+            except Exception:  # the database may be down for a while: try again later
+                log.exception("could not delete idle visitors' spaces")
+            if stop.wait(EXPIRY_CHECK_S):
+                return
+
+    threading.Thread(target=run, name="omnipath-visitor-expiry", daemon=True).start()
+    return stop

@@ -28,6 +28,8 @@ from storage.models import LOCAL_OWNER
 from web.config import ConfigError, WebConfig
 
 VISITOR_COOKIE = "omnipath_visitor"
+# The owner name of a public demo visitor starts with this (their spaces expire).
+VISITOR_PREFIX = "anon:"
 SECRET_FILE = "secret.key"
 _VISITOR_ID_BYTES = 16
 
@@ -127,7 +129,7 @@ class Identity:
         cookies = getattr(request, "cookies", None) or {}
         if self.mode == "public-demo":
             visitor = self.visitor_of(_cookie(cookies, VISITOR_COOKIE))
-            return None if visitor is None else f"anon:{visitor}"
+            return None if visitor is None else f"{VISITOR_PREFIX}{visitor}"
         name = getattr(request, "username", None) or self._logged_in(cookies)
         return None if not name else f"user:{name}"
 
