@@ -276,6 +276,10 @@ def test_public_demo_visitors_each_get_a_private_space(tmp_path: Path) -> None:
         first = httpx.get(url, timeout=30)
         cookie = first.cookies[VISITOR_COOKIE]
         assert "HttpOnly" in first.headers["set-cookie"]
+        assert "SameSite=Lax" in first.headers["set-cookie"]
+        # Behind an HTTPS proxy (Spaces shows the app in an iframe of another site).
+        proxied = httpx.get(url, headers={"X-Forwarded-Proto": "https"}).headers["set-cookie"]
+        assert "Secure; SameSite=None" in proxied
         # A visitor who comes back keeps their cookie; a forged one is replaced.
         assert VISITOR_COOKIE not in httpx.get(url, cookies={VISITOR_COOKIE: cookie}).cookies
         forged = httpx.get(url, cookies={VISITOR_COOKIE: "0" * 32 + cookie[32:]})

@@ -163,6 +163,14 @@ def _cookie(cookies: Any, name: str) -> str | None:
     return str(cookies[name]) if name in cookies else None
 
 
+def _https(scope: Scope) -> bool:
+    """Whether the browser reached us over HTTPS (directly or through a proxy, as on Spaces,
+    where the app runs in an iframe of another site: its cookie must be SameSite=None; Secure
+    to be sent at all)."""
+    forwarded = dict(scope["headers"]).get(b"x-forwarded-proto", b"")
+    return scope.get("scheme") == "https" or forwarded.split(b",")[0].strip() == b"https"
+
+
 class VisitorCookie:
     """ASGI middleware (public demo): a request without a valid visitor cookie gets a new one,
     seen by the app at once (added to the request) and set on the response."""
@@ -193,7 +201,8 @@ class VisitorCookie:
         jar = "; ".join(f"{k}={m.value}" for k, m in cookies.items())
         scope = {**scope, "headers": [*headers, (b"cookie", jar.encode("latin-1"))]}
         set_cookie = (
-            f"{VISITOR_COOKIE}={value}; Path=/; Max-Age={self.max_age_s}; HttpOnly; SameSite=Lax"
+            f"{VISITOR_COOKIE}={value}; Path=/; Max-Age={self.max_age_s}; HttpOnly; "
+            + ("Secure; SameSite=None" if _https(scope) else "SameSite=Lax")
         ).encode("latin-1")
 
         async def send_with_cookie(message: Message) -> None:
