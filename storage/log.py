@@ -675,10 +675,29 @@ class Store:
             ).all():
                 last[owner] = max(created, last.get(owner, created))
             idle = [owner for owner, when in last.items() if when < cutoff]
-            if idle:
-                session.execute(delete(Conversation).where(Conversation.owner.in_(idle)))
-                session.execute(delete(SlideGrant).where(SlideGrant.owner.in_(idle)))
+            _purge(session, idle)
             return len(idle)
+
+    def list_owners(self) -> list[dict[str, Any]]:
+        """Everyone with data, by name: [{owner, conversations, slides}] (for operators)."""
+        with self._transaction(write=False) as session:
+            counts: dict[str, dict[str, Any]] = {}
+            for key, column in (
+                ("conversations", Conversation.owner),
+                ("slides", SlideGrant.owner),
+            ):
+                for owner, n in session.execute(select(column, func.count()).group_by(column)):
+                    empty = {"owner": owner, "conversations": 0, "slides": 0}
+                    counts.setdefault(owner, empty)[key] = int(n)
+            return [counts[owner] for owner in sorted(counts)]
+
+    def purge_owner(self, owner: str) -> int:
+        """Deletes everything of `owner`: their conversations (with turns) and slide grants.
+        Returns the number of conversations deleted."""
+        with self._transaction(write=True) as session:
+            n = session.scalar(select(func.count()).where(Conversation.owner == owner))
+            _purge(session, [owner])
+            return int(n or 0)
 
     # --- feedback ---------------------------------------------------------------------
 
@@ -708,6 +727,12 @@ _TURN_FIELDS = frozenset(
 
 def _no_conversation(conversation_id: str) -> NotFoundError:
     return NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
+
+
+def _purge(session: Session, owners: list[str]) -> None:
+    if owners:
+        session.execute(delete(Conversation).where(Conversation.owner.in_(owners)))
+        session.execute(delete(SlideGrant).where(SlideGrant.owner.in_(owners)))
 
 
 def _grant(session: Session, slide_id: str, owner: str) -> None:

@@ -634,3 +634,27 @@ def test_idle_anonymous_owners_are_purged_and_others_kept(store: Store) -> None:
     assert [c["id"] for c in store.list_conversations(owner="anon:fresh")] == [fresh]
     assert [c["id"] for c in store.list_conversations(owner="user:alice")] == [user]
     assert store.purge_idle_owners("anon:", idle_s=7 * 24 * 3600) == 0
+
+
+def test_the_operator_lists_exports_and_purges_by_owner(tmp_path: Path) -> None:
+    import json
+
+    url = str(tmp_path / "log.db")
+    with Store(url) as store:
+        store.record_slide(SLIDE_ID, **SLIDE)
+        alice = store.start_conversation(SLIDE_ID, owner="user:alice")
+        store.log_turn(alice, "user", "Alice asks")
+        store.start_conversation(SLIDE_ID, owner="user:bob")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "storage.owners", "--database-url", url, *args],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+
+    assert cli("list").stdout.splitlines() == ["user:alice\t1\t1", "user:bob\t1\t1"]
+    assert cli("export", "user:alice", str(tmp_path / "out")).returncode == 0
+    (exported,) = (tmp_path / "out").iterdir()
+    assert json.loads(exported.read_text())["turns"][0]["text"] == "Alice asks"
+    assert cli("purge", "user:alice").returncode == 0
+    assert cli("list").stdout.splitlines() == ["user:bob\t1\t1"]
