@@ -324,3 +324,23 @@ def test_a_public_demo_visitors_space_expires(two_owners) -> None:
     with pytest.raises(NotFoundError):
         handlers.reopen_conversation(chat, visitor["conversation_id"], owner="anon:visitor")
     assert handlers.list_conversations(chat, owner="user:alice")  # signed-in users are kept
+
+
+def test_the_login_page_in_a_browser_refuses_a_wrong_password(logins) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.live_server import headless_chromium, wait_for
+
+    form_shown = "return document.querySelectorAll('input[type=password]').length === 1;"
+    with headless_chromium(1100, 800) as driver:
+        for password, shown in (
+            ("wrong-password", "return document.body.innerText.match(/incorrect/i) !== null;"),
+            (PASSWORDS["alice"], "return !!document.getElementById('omnipath-model-banner');"),
+        ):
+            driver.get(logins["url"])
+            wait_for(driver, form_shown)
+            name, secret = driver.find_elements(By.CSS_SELECTOR, "input")[:2]
+            name.send_keys("alice")
+            secret.send_keys(password, Keys.ENTER)
+            wait_for(driver, shown)
