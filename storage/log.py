@@ -343,6 +343,12 @@ class Store:
             raise _no_conversation(conversation_id)
         return conv
 
+    def owns_conversation(self, conversation_id: str, owner: str) -> bool:
+        """True when the conversation exists and is `owner`'s."""
+        with self._transaction(write=False) as session:
+            conv = session.get(Conversation, conversation_id)
+            return conv is not None and conv.owner == owner
+
     def list_conversations(
         self, *, owner: str = LOCAL_OWNER, slide_id: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:

@@ -263,6 +263,16 @@ def test_two_users_see_only_their_own_conversations_and_slides(logins) -> None:
                 refused = client.get(path)
                 assert (refused.status_code, refused.json()) == (404, missing), path
 
+    # The export Gradio serves from its cache: Alice's only.
+    from gradio.utils import get_upload_folder
+
+    served = list(Path(get_upload_folder()).rglob(Path(export).name))
+    assert served
+    with _logged_in(url, "alice") as alice, _logged_in(url, "bob") as bob:
+        for path in served:
+            assert alice.get(f"gradio_api/file={path}").status_code == 200
+            assert bob.get(f"gradio_api/file={path}").status_code == 404
+
     # Nothing of Alice's reached Bob's log.
     chat = logins["chat"]
     assert chat.store.list_conversations(owner="user:bob") == []

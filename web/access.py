@@ -1,7 +1,10 @@
-"""What each may see of the slides: the one shown at start (the sample slide, --slide) to all,
-any other only to the owners it was granted to (Store.grant_slide, on upload). The tile routes
-ask here for every request, so positive answers are remembered (a grant is never taken back
-while the server runs); refusals are asked again.
+"""What each may see outside Gradio's handlers (which pass the owner to web/handlers.py):
+
+- slides (SlideAccess): the one shown at start (the sample slide, --slide) to all, any other
+  only to the owners it was granted to (Store.grant_slide, on upload). The tile routes ask for
+  every request, so positive answers are remembered; refusals are asked again;
+- exports served by Gradio's file route (ExportFileGuard): to the conversation's owner only;
+- public demo visitors' spaces expire (expire_visitors, keep_expiring_visitors).
 """
 
 from __future__ import annotations
@@ -10,7 +13,14 @@ import logging
 import threading
 from typing import Any
 
+from gradio.route_utils import API_PREFIX
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from web.chat_services import ChatServices
+from web.exports import EXPORT_NAME
 from web.identity import VISITOR_PREFIX
 
 log = logging.getLogger(__name__)
@@ -74,3 +84,26 @@ def keep_expiring_visitors(chat: ChatServices) -> threading.Event:
 
     threading.Thread(target=run, name="omnipath-visitor-expiry", daemon=True).start()
     return stop
+
+
+class ExportFileGuard:
+    """ASGI middleware: Gradio's file route serves an export (omnipath-<conversation id>.<fmt>)
+    only to the owner of that conversation; anyone else gets Gradio's 404 for a missing file."""
+
+    def __init__(self, app: ASGIApp, chat: ChatServices) -> None:
+        self.app = app
+        self.chat = chat
+        self._route = f"{API_PREFIX}/file="
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self._route):
+            name = EXPORT_NAME.fullmatch(scope["path"].rsplit("/", 1)[-1])
+            if name is not None and not await run_in_threadpool(self._owns, scope, name[1]):
+                response = JSONResponse({"detail": "File not found"}, status_code=404)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _owns(self, scope: Scope, conversation_id: str) -> bool:
+        owner = self.chat.identity.owner_of(Request(scope))  # type: ignore[union-attr]
+        return owner is not None and self.chat.store.owns_conversation(conversation_id, owner)

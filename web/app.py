@@ -15,7 +15,7 @@ from gradio.route_utils import API_PREFIX
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from web.access import SlideAccess, keep_expiring_visitors
+from web.access import ExportFileGuard, SlideAccess, keep_expiring_visitors
 from web.chat_app import build_chat_demo
 from web.chat_services import ChatServices, build_chat_services
 from web.config import WebConfig
@@ -99,6 +99,7 @@ def create_app(config: WebConfig, services: ChatServices | WebServices | None = 
     if not config.expose_api_docs:
         hide_gradio_extras(app)
     app.add_middleware(UploadGuard, received=chat.received)
+    app.add_middleware(ExportFileGuard, chat=chat)
     if identity.mode == "public-demo":  # outermost: every request has its visitor
         max_age_s = config.anonymous_keep_days * 24 * 3600
         app.add_middleware(VisitorCookie, identity=identity, max_age_s=max_age_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -29,6 +30,8 @@ from web.handlers import _ensure_registered, _load
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("json", "geojson", "html")
+# An export's file name; Gradio's file route serves it to its owner only (web/access.py).
+EXPORT_NAME = re.compile(r"omnipath-([0-9a-f]{32})\.(json|geojson|html)")
 # Seconds an export waits in the download folder before the next export removes it.
 DOWNLOAD_KEEP_S = 10 * 60
 
@@ -66,7 +69,7 @@ def export_conversation(
             _report_thumbnail(services, conversation["slide"]),
             model=services.model_banner(),
         )
-    path = folder / f"omnipath-{conversation_id}.{fmt}"
+    path = folder / f"omnipath-{conversation_id}.{fmt}"  # EXPORT_NAME
     _write_private(path, content)
     return path
 
