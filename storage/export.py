@@ -22,6 +22,7 @@ import numpy as np
 
 from storage.contours import bitmap_polygons
 from storage.log import Store, iso
+from storage.models import LOCAL_OWNER
 from storage.overlays import Overlays, mask_bitmap
 
 EXPORT_FORMAT = "omnipath.conversation"
@@ -54,7 +55,9 @@ def _json_turn(turn: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def conversation_json(store: Store, conversation_id: str) -> dict[str, Any]:
+def conversation_json(
+    store: Store, conversation_id: str, *, owner: str = LOCAL_OWNER
+) -> dict[str, Any]:
     """Everything logged for the conversation, JSON-safe (json.dumps works as is):
 
     {format, version, exported_at, conversation: {id, title, slide_id, model_id,
@@ -63,9 +66,10 @@ def conversation_json(store: Store, conversation_id: str) -> dict[str, Any]:
      Store.load_conversation(), masks with png_base64 instead of png bytes ...]}
 
     The server-side `stored_path` is left out (it says nothing about the slide and
-    names a folder of the server). Raises NotFoundError for an unknown id.
+    names a folder of the server). Raises NotFoundError for an unknown id, or one that
+    is not `owner`'s.
     """
-    loaded = store.load_conversation(conversation_id)
+    loaded = store.load_conversation(conversation_id, owner=owner)
     slide = {k: v for k, v in loaded["slide"].items() if k != "stored_path"}
     slide["created_at"] = iso(slide["created_at"])
     return {
@@ -201,14 +205,15 @@ def conversation_geojson(
     regions: bool = True,
     boxes: bool = True,
     masks: bool = True,
+    owner: str = LOCAL_OWNER,
 ) -> dict[str, Any]:
     """A GeoJSON FeatureCollection of the conversation's regions, boxes and masks in
     level-0 pixel coordinates, clipped to the slide, that QuPath imports (File →
     Import objects from file). Feature names say which answer they belong to
     ("Answer 2 · PGDFC region 1 (score 0.412)"); masks with several pieces are
-    MultiPolygons. Raises NotFoundError for an unknown id.
+    MultiPolygons. Raises NotFoundError for an unknown id, or one that is not `owner`'s.
     """
-    loaded = store.load_conversation(conversation_id)
+    loaded = store.load_conversation(conversation_id, owner=owner)
     width, height = loaded["slide"]["width"], loaded["slide"]["height"]
     features: list[dict[str, Any]] = []
     answer_number = 0

@@ -14,7 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -34,11 +34,13 @@ from storage.db import (
 from storage.errors import DatabaseError, InvalidRecordError, NotFoundError
 from storage.models import (
     FEEDBACK_VALUES,
+    LOCAL_OWNER,
     ROLES,
     Conversation,
     Feedback,
     Mask,
     Slide,
+    SlideGrant,
     Turn,
     utcnow,
 )
@@ -290,11 +292,30 @@ class Store:
 
     # --- conversations ----------------------------------------------------------------
 
+    def grant_slide(self, slide_id: str, owner: str) -> None:
+        """Lets `owner` see a recorded slide (idempotent). The file is stored once; each owner
+        who uploads or opens it gets a grant."""
+        with self._transaction(write=True) as session:
+            if session.get(Slide, slide_id) is None:
+                raise NotFoundError(f"No slide with id {echo(slide_id)} has been recorded.")
+            _grant(session, slide_id, owner)
+
+    def may_see_slide(self, slide_id: str, owner: str) -> bool:
+        """True when `owner` has been granted the slide."""
+        with self._transaction(write=False) as session:
+            return session.get(SlideGrant, (slide_id, owner)) is not None
+
     def start_conversation(
-        self, slide_id: str, model_id: str | None = None, *, title: str = ""
+        self,
+        slide_id: str,
+        model_id: str | None = None,
+        *,
+        title: str = "",
+        owner: str = LOCAL_OWNER,
     ) -> str:
-        """A new conversation about a recorded slide; returns its id (uuid4 hex).
-        The title defaults to the first question (set by log_turn)."""
+        """A new conversation of `owner` about a recorded slide (granted to them now when it
+        was not); returns its id (uuid4 hex). The title defaults to the first question (set
+        by log_turn). The caller checks that the owner may see the slide."""
         model_id = _optional_text(model_id, "The model id", 256)
         title = _title_from(_optional_text(title, "The title") or "")
         with self._transaction(write=True) as session:
@@ -303,23 +324,36 @@ class Store:
                     f"No slide with id {echo(slide_id)} has been recorded; record it before "
                     "starting a conversation about it."
                 )
-            conv = Conversation(id=_new_id(), slide_id=slide_id, model_id=model_id, title=title)
+            _grant(session, slide_id, owner)
+            conv = Conversation(
+                id=_new_id(), slide_id=slide_id, model_id=model_id, title=title, owner=owner
+            )
             session.add(conv)
             return conv.id
 
-    def _locked_conversation(self, session: Session, conversation_id: str) -> Conversation:
+    def _locked_conversation(
+        self, session: Session, conversation_id: str, owner: str | None = None
+    ) -> Conversation:
+        """The conversation, locked for writing; NotFoundError when it does not exist or (with
+        `owner`) belongs to someone else: the same sentence either way."""
         # FOR UPDATE on PostgreSQL serializes writers of one conversation (turn indexes);
         # SQLite's BEGIN IMMEDIATE already did.
         conv = session.get(Conversation, conversation_id, with_for_update=True)
-        if conv is None:
-            raise NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
+        if conv is None or (owner is not None and conv.owner != owner):
+            raise _no_conversation(conversation_id)
         return conv
 
+    def owns_conversation(self, conversation_id: str, owner: str) -> bool:
+        """True when the conversation exists and is `owner`'s."""
+        with self._transaction(write=False) as session:
+            conv = session.get(Conversation, conversation_id)
+            return conv is not None and conv.owner == owner
+
     def list_conversations(
-        self, *, slide_id: str | None = None, limit: int = 100
+        self, *, owner: str = LOCAL_OWNER, slide_id: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """Newest first: [{id, title, slide_id, model_id, created_at, updated_at,
-        turn_count}]; only those about `slide_id` when given."""
+        """The conversations of `owner`, newest first: [{id, title, slide_id, model_id,
+        created_at, updated_at, turn_count}]; only those about `slide_id` when given."""
         counts = (
             select(Turn.conversation_id, func.count(Turn.id).label("n"))
             .group_by(Turn.conversation_id)
@@ -329,6 +363,7 @@ class Store:
             select(Conversation, func.coalesce(counts.c.n, 0))
             .outerjoin(counts, counts.c.conversation_id == Conversation.id)
             .order_by(Conversation.updated_at.desc(), Conversation.id)
+            .where(Conversation.owner == owner)
             .limit(max(1, int(limit)))
         )
         if slide_id is not None:
@@ -336,8 +371,11 @@ class Store:
         with self._transaction(write=False) as session:
             return [_conversation_summary(c, int(n)) for c, n in session.execute(query).all()]
 
-    def load_conversation(self, conversation_id: str) -> dict[str, Any]:
-        """Everything needed to restore a conversation in the UI:
+    def load_conversation(
+        self, conversation_id: str, *, owner: str = LOCAL_OWNER
+    ) -> dict[str, Any]:
+        """Everything needed to restore a conversation of `owner` in the UI (NotFoundError,
+        the same as for an unknown id, when it belongs to someone else):
 
         {id, title, slide_id, model_id, created_at, updated_at,
          slide: {... get_slide() ...},
@@ -350,7 +388,7 @@ class Store:
         """
         query = (
             select(Conversation)
-            .where(Conversation.id == conversation_id)
+            .where(Conversation.id == conversation_id, Conversation.owner == owner)
             .options(
                 selectinload(Conversation.slide),
                 selectinload(Conversation.turns).selectinload(Turn.masks),
@@ -360,7 +398,7 @@ class Store:
         with self._transaction(write=False) as session:
             conv = session.execute(query).scalar_one_or_none()
             if conv is None:
-                raise NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
+                raise _no_conversation(conversation_id)
             out = _conversation_summary(conv, len(conv.turns))
             out["slide"] = _slide_dict(conv.slide)
             out["turns"] = [_turn_dict(t) for t in conv.turns]
@@ -582,12 +620,14 @@ class Store:
             .limit(1)
         ).first()
 
-    def undo_last_exchange(self, conversation_id: str) -> dict[str, Any] | None:
+    def undo_last_exchange(
+        self, conversation_id: str, *, owner: str = LOCAL_OWNER
+    ) -> dict[str, Any] | None:
         """Deletes the last user turn and everything after it (its answer). Returns
         {question: the deleted question's text, removed_turn_ids: [...]} so the UI can
         put the question back in the textbox; None when there is nothing to undo."""
         with self._transaction(write=True) as session:
-            conv = self._locked_conversation(session, conversation_id)
+            conv = self._locked_conversation(session, conversation_id, owner)
             question = self._last_user_turn(session, conversation_id)
             if question is None:
                 return None
@@ -613,6 +653,58 @@ class Store:
             session.expire_all()
         return ids
 
+    def delete_conversation(self, conversation_id: str, *, owner: str = LOCAL_OWNER) -> None:
+        """Deletes a conversation of `owner` with its turns, masks and feedback (NotFoundError
+        when there is none of that id that is theirs)."""
+        with self._transaction(write=True) as session:
+            session.delete(self._locked_conversation(session, conversation_id, owner))
+
+    def purge_idle_owners(self, prefix: str, idle_s: float) -> int:
+        """Deletes the conversations (with their turns) and slide grants of the owners whose
+        name starts with `prefix` ("anon:", public demo visitors) and who wrote nothing for
+        `idle_s` seconds. Returns the number of owners purged."""
+        cutoff = utcnow() - timedelta(seconds=idle_s)
+        anonymous = Conversation.owner.startswith(prefix, autoescape=True)
+        with self._transaction(write=True) as session:
+            last = dict(
+                session.execute(
+                    select(Conversation.owner, func.max(Conversation.updated_at))
+                    .where(anonymous)
+                    .group_by(Conversation.owner)
+                ).all()
+            )
+            granted = SlideGrant.owner.startswith(prefix, autoescape=True)
+            for owner, created in session.execute(
+                select(SlideGrant.owner, func.max(SlideGrant.created_at))
+                .where(granted)
+                .group_by(SlideGrant.owner)
+            ).all():
+                last[owner] = max(created, last.get(owner, created))
+            idle = [owner for owner, when in last.items() if when < cutoff]
+            _purge(session, idle)
+            return len(idle)
+
+    def list_owners(self) -> list[dict[str, Any]]:
+        """Everyone with data, by name: [{owner, conversations, slides}] (for operators)."""
+        with self._transaction(write=False) as session:
+            counts: dict[str, dict[str, Any]] = {}
+            for key, column in (
+                ("conversations", Conversation.owner),
+                ("slides", SlideGrant.owner),
+            ):
+                for owner, n in session.execute(select(column, func.count()).group_by(column)):
+                    empty = {"owner": owner, "conversations": 0, "slides": 0}
+                    counts.setdefault(owner, empty)[key] = int(n)
+            return [counts[owner] for owner in sorted(counts)]
+
+    def purge_owner(self, owner: str) -> int:
+        """Deletes everything of `owner`: their conversations (with turns) and slide grants.
+        Returns the number of conversations deleted."""
+        with self._transaction(write=True) as session:
+            n = session.scalar(select(func.count()).where(Conversation.owner == owner))
+            _purge(session, [owner])
+            return int(n or 0)
+
     # --- feedback ---------------------------------------------------------------------
 
     def add_feedback(self, turn_id: str, value: str | bool, comment: str | None = None) -> int:
@@ -637,6 +729,21 @@ class Store:
 _TURN_FIELDS = frozenset(
     "pgdfc_mode s regions boxes masks timings tokens model_id revision error meta".split()
 )
+
+
+def _no_conversation(conversation_id: str) -> NotFoundError:
+    return NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
+
+
+def _purge(session: Session, owners: list[str]) -> None:
+    if owners:
+        session.execute(delete(Conversation).where(Conversation.owner.in_(owners)))
+        session.execute(delete(SlideGrant).where(SlideGrant.owner.in_(owners)))
+
+
+def _grant(session: Session, slide_id: str, owner: str) -> None:
+    if session.get(SlideGrant, (slide_id, owner)) is None:
+        session.add(SlideGrant(slide_id=slide_id, owner=owner))
 
 
 def _clean(text: str) -> str:

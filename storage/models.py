@@ -117,11 +117,33 @@ class Slide(Base):
     conversations: Mapped[list[Conversation]] = relationship(back_populates="slide")
 
 
+# Who a row belongs to when the server has one user (`--auth none`), and the owner of every
+# row written before owners existed (migration 0003).
+LOCAL_OWNER = "local"
+
+
+class SlideGrant(Base):
+    """A slide is stored once (content hash) and granted to each owner who uploaded or opened it."""
+
+    __tablename__ = "slide_grants"
+
+    slide_id: Mapped[str] = mapped_column(
+        ForeignKey("slides.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Conversation(Base):
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_updated_at", "updated_at"),)
+    __table_args__ = (
+        Index("ix_conversations_updated_at", "updated_at"),
+        Index("ix_conversations_owner_updated_at", "owner", "updated_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    # The user the conversation belongs to (web/identity.py); only they list or open it.
+    owner: Mapped[str] = mapped_column(String(128), server_default=LOCAL_OWNER)
     slide_id: Mapped[str] = mapped_column(
         ForeignKey("slides.id", ondelete="RESTRICT"), index=True
     )

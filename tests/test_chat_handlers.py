@@ -523,7 +523,10 @@ def test_exports_are_private_and_old_ones_are_swept(services, uploaded, tmp_path
 def test_a_slide_opened_at_start_gets_recorded_when_its_first_conversation_starts(
     services, synthetic_slide
 ) -> None:
-    slide_id = services.registry.register(synthetic_slide.path)  # as --slide / the sample does
+    slide_id = services.registry.register(synthetic_slide.path)
+    with pytest.raises(NotFoundError):  # known to the server, but nobody's and not shown at start
+        handlers.new_conversation(services, slide_id)
+    services.web.initial_slide_id = slide_id  # as --slide / the sample does
     with pytest.raises(NotFoundError):
         services.store.get_slide(slide_id)
     conversation_id = handlers.new_conversation(services, slide_id)

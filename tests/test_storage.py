@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -342,7 +343,7 @@ def test_data_survives_reopening_and_migrations_are_idempotent(database_url: str
         conv = store.start_conversation(SLIDE_ID, "tiny")
         store.log_turn(conv, "user", "Persist me")
     with Store(database_url) as reopened:
-        assert current_revision(reopened.engine) == "0002"
+        assert current_revision(reopened.engine) == "0003"
         assert reopened.load_conversation(conv)["turns"][0]["text"] == "Persist me"
 
 
@@ -491,6 +492,57 @@ def test_the_status_migration_keeps_existing_turns_as_done(tmp_path: Path) -> No
     with Store(tmp_path / "old.db") as store:
         turn = store.get_turn("t1")
         assert (turn["text"], turn["status"], turn["liked"]) == ("Q", "done", "like")
+        # 0003: what was there belongs to the local user, slides included.
+        assert [c["id"] for c in store.list_conversations(owner="local")] == ["c1"]
+        assert store.load_conversation("c1", owner="local")["turns"][0]["text"] == "Q"
+        assert store.may_see_slide(SLIDE_ID, "local")
+        assert store.list_conversations(owner="someone") == []
+
+
+def test_a_conversation_is_seen_only_by_its_owner(store: Store) -> None:
+    store.record_slide(SLIDE_ID, **SLIDE)
+    mine = store.start_conversation(SLIDE_ID, owner="alice")
+    store.log_turn(mine, "user", "Alice's question")
+    theirs = store.start_conversation(SLIDE_ID, owner="bob")
+    assert [c["id"] for c in store.list_conversations(owner="alice")] == [mine]
+    assert [c["id"] for c in store.list_conversations(owner="bob")] == [theirs]
+    assert store.list_conversations() == []  # the local user has none
+    assert store.load_conversation(mine, owner="alice")["turns"][0]["text"] == "Alice's question"
+    # A stranger's id is answered exactly as an id that does not exist.
+    with pytest.raises(NotFoundError) as stranger:
+        store.load_conversation(mine, owner="bob")
+    with pytest.raises(NotFoundError) as missing:
+        store.load_conversation("0" * 32, owner="bob")
+    assert stranger.value.message == missing.value.message.replace("0" * 32, mine)
+    for call in (store.undo_last_exchange, store.delete_conversation):
+        with pytest.raises(NotFoundError):
+            call(mine, owner="bob")
+    assert store.load_conversation(mine, owner="alice")["turns"]
+
+
+def test_a_slide_is_stored_once_and_granted_to_each_owner(store: Store) -> None:
+    store.record_slide(SLIDE_ID, **SLIDE)
+    assert not store.may_see_slide(SLIDE_ID, "alice")
+    store.grant_slide(SLIDE_ID, "alice")
+    store.grant_slide(SLIDE_ID, "alice")  # idempotent
+    store.start_conversation(SLIDE_ID, owner="bob")  # granted with the conversation
+    assert store.may_see_slide(SLIDE_ID, "alice") and store.may_see_slide(SLIDE_ID, "bob")
+    assert not store.may_see_slide(SLIDE_ID, "carol")
+    assert _row_count(store, "slides") == 1 and _row_count(store, "slide_grants") == 2
+    with pytest.raises(NotFoundError):
+        store.grant_slide("ab" * 32, "alice")
+
+
+def test_deleting_a_conversation_deletes_its_turns(store: Store) -> None:
+    store.record_slide(SLIDE_ID, **SLIDE)
+    conv = store.start_conversation(SLIDE_ID, owner="alice")
+    question = store.log_turn(conv, "user", "Q")
+    store.add_feedback(store.log_turn(conv, "assistant", "A"), "like")
+    store.delete_conversation(conv, owner="alice")
+    assert store.list_conversations(owner="alice") == []
+    with pytest.raises(NotFoundError):
+        store.get_turn(question)
+    assert _row_count(store, "turns") == 0 and _row_count(store, "feedback") == 0
 
 
 def test_migrations_match_the_models(store: Store) -> None:
@@ -561,3 +613,48 @@ def test_errors_quote_at_most_a_line_of_what_was_sent(store: Store, conversation
         with pytest.raises((NotFoundError, InvalidRecordError)) as info:
             call()
         assert "7777777" in info.value.message and len(info.value.message) < 200
+
+
+def test_idle_anonymous_owners_are_purged_and_others_kept(store: Store) -> None:
+    store.record_slide(SLIDE_ID, **SLIDE)
+    old = store.start_conversation(SLIDE_ID, owner="anon:old")
+    store.log_turn(old, "user", "Forget me")
+    fresh = store.start_conversation(SLIDE_ID, owner="anon:fresh")
+    user = store.start_conversation(SLIDE_ID, owner="user:alice")
+    with store.engine.begin() as conn:
+        for table, column in (("conversations", "updated_at"), ("slide_grants", "created_at")):
+            conn.execute(
+                text(f"UPDATE {table} SET {column} = :t WHERE owner IN ('anon:old', 'user:alice')"),
+                {"t": datetime(2020, 1, 1, tzinfo=UTC)},
+            )
+    assert store.purge_idle_owners("anon:", idle_s=7 * 24 * 3600) == 1
+    assert store.list_conversations(owner="anon:old") == []
+    assert not store.may_see_slide(SLIDE_ID, "anon:old")
+    assert _row_count(store, "turns") == 0
+    assert [c["id"] for c in store.list_conversations(owner="anon:fresh")] == [fresh]
+    assert [c["id"] for c in store.list_conversations(owner="user:alice")] == [user]
+    assert store.purge_idle_owners("anon:", idle_s=7 * 24 * 3600) == 0
+
+
+def test_the_operator_lists_exports_and_purges_by_owner(tmp_path: Path) -> None:
+    import json
+
+    url = str(tmp_path / "log.db")
+    with Store(url) as store:
+        store.record_slide(SLIDE_ID, **SLIDE)
+        alice = store.start_conversation(SLIDE_ID, owner="user:alice")
+        store.log_turn(alice, "user", "Alice asks")
+        store.start_conversation(SLIDE_ID, owner="user:bob")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "storage.owners", "--database-url", url, *args],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+
+    assert cli("list").stdout.splitlines() == ["user:alice\t1\t1", "user:bob\t1\t1"]
+    assert cli("export", "user:alice", str(tmp_path / "out")).returncode == 0
+    (exported,) = (tmp_path / "out").iterdir()
+    assert json.loads(exported.read_text())["turns"][0]["text"] == "Alice asks"
+    assert cli("purge", "user:alice").returncode == 0
+    assert cli("list").stdout.splitlines() == ["user:bob\t1\t1"]

@@ -44,11 +44,15 @@ def _service(max_open: int = 4, cache_bytes: int = 64 * 2**20) -> TileService:
     return TileService(SlideRegistry(max_open), TileCache(cache_bytes))
 
 
-def _app(service: TileService) -> FastAPI:
+def _everyone(request: object, slide_id: str) -> bool:
+    return True
+
+
+def _app(service: TileService, may_see=_everyone) -> FastAPI:
     """The deep-zoom routes with the tile-cache fast path, as web.app mounts them."""
     app = FastAPI()
-    app.include_router(tile_router(service))
-    app.add_middleware(TileCacheFastPath, service=service)
+    app.include_router(tile_router(service, may_see))
+    app.add_middleware(TileCacheFastPath, service=service, may_see=may_see)
     return app
 
 
@@ -84,6 +88,27 @@ def test_a_tile_shows_the_slide_region_it_claims(slides: list[Path]) -> None:
         expected = np.asarray(slide.read_l0_region(rect, (rect.w, rect.h)), dtype=np.int16)
     assert np.abs(tile - expected).mean() < 2.0  # lossless tile vs the same region read directly
     assert tile.std() > 5  # not a blank tile
+
+
+def test_a_slide_the_asker_may_not_see_is_a_404_like_a_missing_one(slides: list[Path]) -> None:
+    service = _service()
+    slide_id = service.registry.register(slides[0])
+    tile = f"/slides/{slide_id}_files/10/0_0.jpeg"
+    assert _client(service).get(tile).status_code == 200  # now in the cache
+    asked: list[str] = []
+
+    def only_cookie_holders(request, asked_id: str) -> bool:
+        asked.append(asked_id)
+        return request.cookies.get("who") == "owner"
+
+    client = TestClient(_app(service, only_cookie_holders))
+    missing = client.get(f"/slides/{'e' * 64}.dzi")
+    for path in (f"/slides/{slide_id}.dzi", tile, f"/slides/{slide_id}_files/10/1_0.jpeg"):
+        refused = client.get(path)  # the cached tile too: the fast path asks first
+        assert (refused.status_code, refused.json()) == (404, missing.json()), path
+    client.cookies.set("who", "owner")
+    assert client.get(tile).status_code == 200 and client.get(f"/slides/{slide_id}.dzi").is_success
+    assert set(asked) == {slide_id, "e" * 64}
 
 
 def test_jpeg_tiles_and_the_one_pixel_level(slides: list[Path]) -> None:

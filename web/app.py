@@ -13,10 +13,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from gradio.route_utils import API_PREFIX
 from starlette.requests import Request
+from starlette.routing import Mount
 
+from web.access import ExportFileGuard, SlideAccess, keep_expiring_visitors
 from web.chat_app import build_chat_demo
 from web.chat_services import ChatServices, build_chat_services
 from web.config import WebConfig
+from web.identity import VisitorCookie, check_exposure
 from web.services import WebServices, build_services, register_initial_slide
 from web.tile_routes import TileCacheFastPath, tile_router
 from web.upload_guard import UploadGuard, enable_gradio_upload_check
@@ -61,11 +64,14 @@ def build_demo(config: WebConfig, services: ChatServices | WebServices | None = 
     return build_chat_demo(app_services(config, services))
 
 
-def add_viewer_routes(app: FastAPI, services: WebServices) -> None:
-    """Everything the viewer needs from the server: the deep-zoom routes, the tile-cache fast
-    path and the viewer's JavaScript/CSS. Call before Gradio is mounted at "/"."""
-    app.include_router(tile_router(services.tiles))
-    app.add_middleware(TileCacheFastPath, service=services.tiles)
+def add_viewer_routes(app: FastAPI, chat: ChatServices) -> None:
+    """Everything the viewer needs from the server: the deep-zoom routes (for slides the asker
+    may see), the tile-cache fast path and the viewer's JavaScript/CSS. Call before Gradio is
+    mounted at "/"."""
+    may_see = SlideAccess(chat).may_see
+    tiles = chat.web.tiles
+    app.include_router(tile_router(tiles, may_see))
+    app.add_middleware(TileCacheFastPath, service=tiles, may_see=may_see)
     mount_viewer_assets(app)
 
 
@@ -82,13 +88,22 @@ def hide_gradio_extras(app: FastAPI) -> None:
 def create_app(config: WebConfig, services: ChatServices | WebServices | None = None) -> FastAPI:
     """The whole server: tile routes and viewer assets first, then the UI mounted at "/"
     (uploads above max_upload_bytes are refused by Gradio before they are stored). Events
-    take only files uploaded to this server (web/upload_guard.py)."""
+    take only files uploaded to this server (web/upload_guard.py). Who is asking
+    (web/identity.py): logins with --auth-file, a visitor cookie with --public-demo; a
+    non-loopback address needs one of them (ConfigError otherwise)."""
+    check_exposure(config)
     chat = app_services(config, services)
+    identity = chat.identity
     app = FastAPI(title="OmniPath", docs_url=None, redoc_url=None, openapi_url=None)
-    add_viewer_routes(app, chat.web)
+    add_viewer_routes(app, chat)
     if not config.expose_api_docs:
         hide_gradio_extras(app)
     app.add_middleware(UploadGuard, received=chat.received)
+    app.add_middleware(ExportFileGuard, chat=chat)
+    if identity.mode == "public-demo":  # outermost: every request has its visitor
+        max_age_s = config.anonymous_keep_days * 24 * 3600
+        app.add_middleware(VisitorCookie, identity=identity, max_age_s=max_age_s)
+        app.state.visitor_expiry = keep_expiring_visitors(chat)
     app.state.services = chat.web
     app.state.chat_services = chat
     demo = build_chat_demo(chat)
@@ -103,6 +118,11 @@ def create_app(config: WebConfig, services: ChatServices | WebServices | None = 
         # Gradio's run history keeps every call's inputs (the questions) in the browser and
         # offers to copy them to a Hugging Face bucket: questions stay in our log only.
         run_history=False,
+        auth=identity.check_password if identity.mode == "users" else None,
+        auth_message="Sign in to OmniPath (users are added with python -m web.users add NAME).",
+    )
+    identity.gradio_app = next(
+        r.app for r in mounted.routes if isinstance(r, Mount) and hasattr(r.app, "tokens")
     )
     enable_gradio_upload_check(demo)
     return mounted

@@ -48,8 +48,11 @@ def one_question(chat: ChatServices, request: gr.Request | None) -> Iterator[Non
         chat.free_question_slot(session)
 
 
-def upload_slide(chat: ChatServices, path: str, progress: gr.Progress) -> dict[str, Any]:
-    """web.upload.upload_slide with Gradio's progress bar; errors as a sentence."""
+def upload_slide(
+    chat: ChatServices, path: str, progress: gr.Progress, request: gr.Request | None
+) -> dict[str, Any]:
+    """web.upload.upload_slide for the asker, with Gradio's progress bar; errors as a
+    sentence."""
     try:
         chat.received.check(path)  # before the path is looked at (web/upload_guard.py)
         return uploads.upload_slide(
@@ -57,17 +60,23 @@ def upload_slide(chat: ChatServices, path: str, progress: gr.Progress) -> dict[s
             path,
             file_name=Path(path).name,
             progress=lambda fraction, text: progress(fraction, desc=text),
+            owner=chat.owner_of(request),
         )
     except Exception as exc:
         raise gr.Error(sentence(exc)) from None
 
 
 def write_export(
-    chat: ChatServices, downloads: DownloadFolder, conversation_id: str, fmt: str
+    chat: ChatServices,
+    downloads: DownloadFolder,
+    conversation_id: str,
+    fmt: str,
+    request: gr.Request | None,
 ) -> str:
-    """The export written into the private download folder; errors as a sentence."""
+    """The asker's export written into the private download folder; errors as a sentence."""
     try:
-        return str(downloads.export(chat, conversation_id, fmt))
+        owner = chat.owner_of(request)
+        return str(downloads.export(chat, conversation_id, fmt, owner=owner))
     except Exception as exc:
         raise gr.Error(sentence(exc)) from None
 
@@ -93,11 +102,11 @@ def add_named_api(chat: ChatServices, downloads: DownloadFolder) -> None:
         api_ask_button = gr.Button()
         api_export_button = gr.Button()
 
-    def api_upload(path: str | None, progress=gr.Progress()) -> dict[str, Any]:  # noqa: B008
+    def api_upload(path: str | None, request: gr.Request, progress=gr.Progress()):  # noqa: B008
         """Upload a slide; returns {slide_id, conversation_id, meta}."""
         if not path:
             raise gr.Error("No file was sent.")
-        result = upload_slide(chat, path, progress)
+        result = upload_slide(chat, path, progress, request)
         return {k: result[k] for k in ("slide_id", "conversation_id", "meta")}
 
     def api_ask(
@@ -113,18 +122,24 @@ def add_named_api(chat: ChatServices, downloads: DownloadFolder) -> None:
         """Ask in a conversation; streams {text, done, turn_id, answer, layers}."""
         with one_question(chat, request):
             try:
+                owner = chat.owner_of(request)
                 options = form_options(pgdfc_mode, s, max_new_tokens, temperature)
                 stream = handlers.ask(
-                    chat, conversation_id or "", question or "", options, region=region or None
+                    chat,
+                    conversation_id or "",
+                    question or "",
+                    options,
+                    region=region or None,
+                    owner=owner,
                 )
                 for update in stream:
                     yield update.to_dict()
             except Exception as exc:
                 raise gr.Error(sentence(exc)) from None
 
-    def api_export(conversation_id, fmt):
+    def api_export(conversation_id, fmt, request: gr.Request):
         """Export a conversation as json, geojson or html; returns the file."""
-        return write_export(chat, downloads, conversation_id or "", fmt)
+        return write_export(chat, downloads, conversation_id or "", fmt, request)
 
     answer_queue: dict[str, Any] = {
         "concurrency_limit": chat.settings.max_concurrent_answers,

@@ -79,6 +79,8 @@ def banner_markdown(banner: dict[str, Any]) -> str:
     )
     if not banner.get("supports_masks"):
         text += " · masks unavailable with this model"
+    if banner.get("access"):
+        text += f"  \n**Access** {banner['access']}"
     if banner.get("demo"):
         text += (
             "  \n⚠ **Demonstration model**: its answers are not medical advice and must not "
@@ -87,10 +89,10 @@ def banner_markdown(banner: dict[str, Any]) -> str:
     return text
 
 
-def _conversation_choices(services: ChatServices) -> list[tuple[str, str]]:
+def _conversation_choices(services: ChatServices, owner: str) -> list[tuple[str, str]]:
     return [
         (f"{c['title']} · {c['turn_count']} turns · {c['slide_id'][:8]}", c["id"])
-        for c in handlers.list_conversations(services)
+        for c in handlers.list_conversations(services, owner=owner)
     ]
 
 
@@ -177,6 +179,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                         interactive=True,
                     )
                     new_button = gr.Button("New conversation on this slide")
+                    delete_button = gr.Button("Delete this conversation", variant="stop")
                 with gr.Accordion("Export", open=False):
                     export_format = gr.Radio(
                         ["html", "json", "geojson"],
@@ -190,26 +193,27 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
 
         # --- UI handlers ----------------------------------------------------------------
 
-        def refresh_conversations(state: dict[str, Any]) -> Any:
+        def refresh_conversations(state: dict[str, Any], request: gr.Request) -> Any:
             try:
-                choices = _conversation_choices(chat)
+                choices = _conversation_choices(chat, chat.owner_of(request))
             except Exception as exc:  # the list is a convenience: never break the page
                 gr.Warning(sentence(exc))
                 return gr.update()
             return gr.update(choices=choices, value=state.get("conversation_id"))
 
-        def on_upload(path: str | None, state: dict[str, Any], progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+        def on_upload(path, state, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
             if not path:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            result = upload_slide(chat, path, progress)
+            result = upload_slide(chat, path, progress, request)
             state = _session_of(result)
-            return state, result["viewer_state"], [], "", refresh_conversations(state)
+            return state, result["viewer_state"], [], "", refresh_conversations(state, request)
 
         def run_answer(
             start: Callable[[], handlers.Answering],
             state: dict[str, Any],
             messages: list[dict[str, Any]],
             question_text: str,
+            owner: str,
         ) -> Iterator[tuple]:
             """Stream an answer into the chat: (chatbot, question box, viewer, region). The
             chat is updated from what the answer brings (its last update carries the message
@@ -230,7 +234,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             except Exception as exc:
                 message = sentence(exc)
                 try:  # show what was logged (a failed answer is logged with its error)
-                    loaded = chat.store.load_conversation(conversation_id)
+                    loaded = chat.store.load_conversation(conversation_id, owner=owner)
                     shown = handlers.chat_messages(loaded["turns"])
                 except Exception:
                     shown = list(messages)
@@ -252,9 +256,12 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             if not state.get("slide_id"):
                 raise gr.Error("Upload a slide first; questions are about the slide in the viewer.")
             try:
+                owner = chat.owner_of(request)
                 options = form_options(mode_value, s_value, tokens, temp)
                 if not state.get("conversation_id"):  # the slide opened at start
-                    conversation_id = handlers.new_conversation(chat, state["slide_id"])
+                    conversation_id = handlers.new_conversation(
+                        chat, state["slide_id"], owner=owner
+                    )
                     state = {**state, "conversation_id": conversation_id}
             except Exception as exc:
                 raise gr.Error(sentence(exc)) from None
@@ -262,11 +269,12 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
 
             def start() -> handlers.Answering:
                 return handlers.ask(
-                    chat, conversation_id, question_text, options, region=region_value
+                    chat, conversation_id, question_text, options, region=region_value, owner=owner
                 )
 
             with one_question(chat, request):
-                for outputs in run_answer(start, state, list(messages or []), question_text):
+                shown = list(messages or [])
+                for outputs in run_answer(start, state, shown, question_text, owner):
                     yield (*outputs, state)
 
         def on_retry(state, mode_value, s_value, tokens, temp, messages, request: gr.Request):
@@ -274,6 +282,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             if not conversation_id:
                 raise gr.Error("Upload a slide first.")
             try:
+                owner = chat.owner_of(request)
                 options = form_options(mode_value, s_value, tokens, temp)
             except Exception as exc:
                 raise gr.Error(sentence(exc)) from None
@@ -284,10 +293,11 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                 kept = kept[:-1]  # shown again as the question answered
 
             def start() -> handlers.Answering:
-                return handlers.retry(chat, conversation_id, options)
+                return handlers.retry(chat, conversation_id, options, owner=owner)
 
             with one_question(chat, request):
-                for chat_value, _q, layers, region_value in run_answer(start, state, kept, ""):
+                answers = run_answer(start, state, kept, "", owner)
+                for chat_value, _q, layers, region_value in answers:
                     yield chat_value, layers, region_value
 
         def on_stop(state):
@@ -295,12 +305,12 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             if conversation_id and not handlers.stop_answer(chat, conversation_id):
                 gr.Info("Nothing is being answered right now.")
 
-        def on_undo(state):
+        def on_undo(state, request: gr.Request):
             conversation_id = state.get("conversation_id")
             if not conversation_id:
                 return gr.skip(), gr.skip(), gr.skip()
             try:
-                result = handlers.undo(chat, conversation_id)
+                result = handlers.undo(chat, conversation_id, owner=chat.owner_of(request))
             except Exception as exc:
                 raise gr.Error(sentence(exc)) from None
             if result["question"] is None:
@@ -308,41 +318,56 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
             layers = viewer_state(state["slide_id"], state["meta"], result["layers"])
             return result["messages"], result["question"] or "", layers
 
-        def on_like(state, data: gr.LikeData):
+        def on_like(state, data: gr.LikeData, request: gr.Request):
             conversation_id = state.get("conversation_id")
             liked = data.liked
             if not conversation_id or not isinstance(data.index, int) or liked not in (True, False):
                 return
             try:
-                handlers.feedback(chat, conversation_id, data.index, liked)
+                owner = chat.owner_of(request)
+                handlers.feedback(chat, conversation_id, data.index, liked, owner=owner)
             except Exception as exc:
                 gr.Warning(sentence(exc))
 
-        def on_reopen(conversation_id, state):
+        def on_reopen(conversation_id, state, request: gr.Request):
             if not conversation_id or conversation_id == state.get("conversation_id"):
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             try:
-                result = handlers.reopen_conversation(chat, conversation_id)
+                owner = chat.owner_of(request)
+                result = handlers.reopen_conversation(chat, conversation_id, owner=owner)
             except Exception as exc:
                 raise gr.Error(sentence(exc)) from None
             return _session_of(result), result["viewer_state"], result["messages"], ""
 
-        def on_new(state):
+        def on_new(state, request: gr.Request):
             if not state.get("slide_id"):
                 raise gr.Error("Upload a slide first.")
             try:
-                conversation_id = handlers.new_conversation(chat, state["slide_id"])
+                owner = chat.owner_of(request)
+                conversation_id = handlers.new_conversation(chat, state["slide_id"], owner=owner)
             except Exception as exc:
                 raise gr.Error(sentence(exc)) from None
             state = {**state, "conversation_id": conversation_id}
             layers = viewer_state(state["slide_id"], state["meta"], handlers.empty_layers())
             return state, [], layers, ""
 
-        def on_export(state, fmt):
+        def on_delete(state, request: gr.Request):
+            conversation_id = state.get("conversation_id")
+            if not conversation_id:
+                raise gr.Error("There is no conversation to delete.")
+            try:
+                handlers.delete_conversation(chat, conversation_id, owner=chat.owner_of(request))
+            except Exception as exc:
+                raise gr.Error(sentence(exc)) from None
+            state = {**state, "conversation_id": None}
+            layers = viewer_state(state["slide_id"], state["meta"], handlers.empty_layers())
+            return state, [], layers, ""
+
+        def on_export(state, fmt, request: gr.Request):
             conversation_id = state.get("conversation_id")
             if not conversation_id:
                 raise gr.Error("There is no conversation to export yet; upload a slide first.")
-            return write_export(chat, downloads, conversation_id, fmt)
+            return write_export(chat, downloads, conversation_id, fmt, request)
 
         private = {"api_visibility": "private"}
         upload.upload(
@@ -390,6 +415,9 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
         new_button.click(on_new, [session], [session, chatbot, viewer, region], **private).then(
             refresh_conversations, [session], [conversations], **private
         )
+        delete_button.click(
+            on_delete, [session], [session, chatbot, viewer, region], **private
+        ).then(refresh_conversations, [session], [conversations], **private)
         export_button.click(on_export, [session, export_format], [export_file], **private)
         demo.load(refresh_conversations, [session], [conversations], **private)
 

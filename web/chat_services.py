@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from web.config import WebConfig
+from web.identity import Identity
 from web.services import WebServices, build_services
 from web.upload_guard import ReceivedUploads
 
@@ -40,6 +41,16 @@ class ChatServices:
     # The files Gradio's upload route stored (recorded by web.upload_guard.UploadGuard); the
     # upload handlers take no other path.
     received: ReceivedUploads = field(default_factory=ReceivedUploads)
+    # Who is asking (web/identity.py); built from `settings` when not given.
+    identity: Identity | None = None
+
+    def __post_init__(self) -> None:
+        if self.identity is None:
+            self.identity = Identity.from_config(self.settings)
+
+    def owner_of(self, request: Any) -> str:
+        """The owner of a gr.Request (web/identity.py); NotSignedInError when there is none."""
+        return self.identity.require_owner(request)  # type: ignore[union-attr]
 
     def claim_question_slot(self, session: str | None) -> bool:
         """Take the browser session's one question slot; False when a question of it is
@@ -73,6 +84,7 @@ class ChatServices:
             "device": info.get("device", "unknown"),
             "demo": self.settings.demo_model,
             "supports_masks": bool(info.get("supports_masks", False)),
+            "access": self.identity.describe(),  # type: ignore[union-attr]
         }
 
 

@@ -64,6 +64,22 @@ class WebConfig:
     max_queued_questions: int = 64
     # Serve Gradio's API schema (/openapi.json) and queue monitoring summary; both need no login.
     expose_api_docs: bool = False
+    # Who is asking (web/identity.py): "none" (one local user) or "file" (logins from
+    # auth_file); None: "file" when auth_file is given, else "none".
+    auth: str | None = None
+    auth_file: Path | None = None
+    # Anonymous visitors, each with a private space (a signed cookie); needed to listen on a
+    # non-loopback address without logins.
+    public_demo: bool = False
+    # Days a public demo visitor's cookie lasts.
+    anonymous_keep_days: int = 7
+
+    @property
+    def auth_mode(self) -> str:
+        """The mode: "users" (logins), "public-demo" (anonymous private spaces) or "none"."""
+        if self.auth_file is not None:
+            return "users"
+        return "public-demo" if self.public_demo else "none"
 
     @property
     def demo_model(self) -> bool:
@@ -106,12 +122,17 @@ _SETTINGS: dict[str, str | None] = {
     "max_concurrent_answers": None,
     "max_queued_questions": "requests waiting their turn before more are refused (default 64)",
     "expose_api_docs": "serve Gradio's /openapi.json and /monitoring pages (they need no login)",
+    "auth": "none (one local user, the default) or file (logins from --auth-file)",
+    "auth_file": "users.toml of `python -m web.users`: users log in and see only their own data",
+    "public_demo": "anonymous visitors, each with a private space (a signed cookie)",
+    "anonymous_keep_days": "days a public demo visitor's space lasts (default 7)",
 }
 # Flags that take no value: field name -> (flag, the value it sets).
 _SWITCHES = {
     "sample_slide": ("--no-sample-slide", "false"),
     "log_file_names": ("--log-file-names", "true"),
     "expose_api_docs": ("--expose-api-docs", "true"),
+    "public_demo": ("--public-demo", "true"),
 }
 
 
@@ -179,6 +200,21 @@ def _validate(config: WebConfig) -> WebConfig:
         raise ConfigError(
             "At least one request must be allowed to wait its turn (max_queued_questions >= 1)."
         )
+    if config.auth not in (None, "none", "file"):
+        raise ConfigError(f"The auth mode must be none or file, not {config.auth!r}.")
+    if config.auth == "file" and config.auth_file is None:
+        raise ConfigError("--auth file needs --auth-file users.toml (python -m web.users add).")
+    if config.auth == "none" and config.auth_file is not None:
+        raise ConfigError("--auth none and --auth-file contradict each other; choose one.")
+    if config.auth_file is not None and config.public_demo:
+        raise ConfigError("--public-demo is for anonymous visitors; it cannot go with logins.")
+    if config.auth_file is not None and not Path(config.auth_file).is_file():
+        raise ConfigError(
+            f"The users file {config.auth_file} does not exist; create it with "
+            "python -m web.users add NAME."
+        )
+    if config.anonymous_keep_days < 1:
+        raise ConfigError("Anonymous spaces must be kept at least one day.")
     return config
 
 

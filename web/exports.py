@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -22,12 +23,15 @@ from typing import Any
 from PIL import Image
 
 from omnipath.errors import OmniPathError, OptionsError, echo
+from storage.models import LOCAL_OWNER
 from web.chat_services import ChatServices
 from web.handlers import _ensure_registered, _load
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("json", "geojson", "html")
+# An export's file name; Gradio's file route serves it to its owner only (web/access.py).
+EXPORT_NAME = re.compile(r"omnipath-([0-9a-f]{32})\.(json|geojson|html)")
 # Seconds an export waits in the download folder before the next export removes it.
 DOWNLOAD_KEEP_S = 10 * 60
 
@@ -37,6 +41,8 @@ def export_conversation(
     conversation_id: str,
     fmt: str,
     folder: str | os.PathLike[str] | None = None,
+    *,
+    owner: str = LOCAL_OWNER,
 ) -> Path:
     """Write one export of the conversation (readable by this user only) and return its path:
     "json" (everything logged), "geojson" (regions, boxes, masks in level-0 pixels, for
@@ -45,14 +51,16 @@ def export_conversation(
 
     if fmt not in EXPORT_FORMATS:
         raise OptionsError(f"Export as one of {', '.join(EXPORT_FORMATS)}, not {echo(fmt)}.")
-    conversation = _load(services, conversation_id)
+    conversation = _load(services, conversation_id, owner)
     conversation_id = conversation["id"]
     folder = Path(folder) if folder is not None else services.settings.exports_dir
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if fmt == "json":
-        content = json.dumps(conversation_json(services.store, conversation_id), ensure_ascii=False)
+        content = json.dumps(
+            conversation_json(services.store, conversation_id, owner=owner), ensure_ascii=False
+        )
     elif fmt == "geojson":
-        content = json.dumps(conversation_geojson(services.store, conversation_id))
+        content = json.dumps(conversation_geojson(services.store, conversation_id, owner=owner))
     else:
         from web.report import conversation_report
 
@@ -61,7 +69,7 @@ def export_conversation(
             _report_thumbnail(services, conversation["slide"]),
             model=services.model_banner(),
         )
-    path = folder / f"omnipath-{conversation_id}.{fmt}"
+    path = folder / f"omnipath-{conversation_id}.{fmt}"  # EXPORT_NAME
     _write_private(path, content)
     return path
 
@@ -121,9 +129,11 @@ class DownloadFolder:
                 self._path = Path(tempfile.mkdtemp(prefix="omnipath-downloads-"))
             return self._path
 
-    def export(self, services: ChatServices, conversation_id: str, fmt: str) -> Path:
+    def export(
+        self, services: ChatServices, conversation_id: str, fmt: str, *, owner: str = LOCAL_OWNER
+    ) -> Path:
         """export_conversation() into this folder, then the sweep."""
         folder = self.path
-        path = export_conversation(services, conversation_id, fmt, folder)
+        path = export_conversation(services, conversation_id, fmt, folder, owner=owner)
         sweep(folder, self.keep_s)
         return path

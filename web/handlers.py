@@ -4,6 +4,8 @@ web/chat_app.py only adapts them to components.
 
 Errors are typed (omnipath.errors) and carry a sentence for a person. Coordinates are level-0
 slide pixels (`l0_`). A conversation belongs to one slide; a new slide starts a new one.
+Each conversation belongs to an owner (web/identity.py): every function that takes its id takes
+the asker's `owner` too, and a conversation of someone else is "not found", like a missing one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from omnipath.errors import (
     OmniPathError,
     OptionsError,
 )
+from storage.models import LOCAL_OWNER
 from storage.overlays import Overlays
 from web.chat_services import ChatServices
 from web.messages import (
@@ -38,6 +41,7 @@ from web.messages import (
     viewer_layers,
 )
 from web.question import Question
+from web.slide_registry import UNKNOWN_SLIDE
 from web.viewer_component import viewer_state
 
 log = logging.getLogger(__name__)
@@ -66,8 +70,10 @@ def _ensure_registered(services: ChatServices, slide: dict[str, Any]) -> None:
     registry.register(stored, slide_id=slide["id"])
 
 
-def list_conversations(services: ChatServices, limit: int = 100) -> list[dict[str, Any]]:
-    """Newest first: [{id, title, slide_id, turn_count, updated_at (ISO text)}]."""
+def list_conversations(
+    services: ChatServices, limit: int = 100, *, owner: str = LOCAL_OWNER
+) -> list[dict[str, Any]]:
+    """The owner's conversations, newest first: [{id, title, slide_id, turn_count, updated_at (ISO text)}]."""
     return [
         {
             "id": c["id"],
@@ -76,14 +82,16 @@ def list_conversations(services: ChatServices, limit: int = 100) -> list[dict[st
             "turn_count": c["turn_count"],
             "updated_at": c["updated_at"].isoformat() if c["updated_at"] else None,
         }
-        for c in services.store.list_conversations(limit=limit)
+        for c in services.store.list_conversations(owner=owner, limit=limit)
     ]
 
 
-def reopen_conversation(services: ChatServices, conversation_id: str) -> dict[str, Any]:
+def reopen_conversation(
+    services: ChatServices, conversation_id: str, *, owner: str = LOCAL_OWNER
+) -> dict[str, Any]:
     """Restore a past conversation: its slide in the viewer, its messages, and the layers of
     its last answer. {conversation_id, slide_id, messages, layers, meta, viewer_state}."""
-    conversation = _load(services, conversation_id)
+    conversation = _load(services, conversation_id, owner)
     _ensure_registered(services, conversation["slide"])
     slide_id = conversation["slide_id"]
     meta = services.web.tiles.meta(slide_id)
@@ -100,10 +108,14 @@ def reopen_conversation(services: ChatServices, conversation_id: str) -> dict[st
     }
 
 
-def new_conversation(services: ChatServices, slide_id: str) -> str:
-    """A fresh conversation about a slide the server knows: an uploaded one, or one opened at
-    start (the sample slide, --slide), which is recorded in the log first."""
+def new_conversation(services: ChatServices, slide_id: str, *, owner: str = LOCAL_OWNER) -> str:
+    """A fresh conversation of `owner` about a slide they may see: one they uploaded, or the
+    one opened at start (the sample slide, --slide), which is recorded in the log first."""
     registry = services.registry
+    if slide_id != services.web.initial_slide_id and not services.store.may_see_slide(
+        slide_id, owner
+    ):
+        raise NotFoundError(UNKNOWN_SLIDE)
     try:
         services.store.get_slide(slide_id)
     except NotFoundError:
@@ -113,13 +125,15 @@ def new_conversation(services: ChatServices, slide_id: str) -> str:
         services.store.record_slide_info(
             slide_id, info, size_bytes=path.stat().st_size, stored_path=path
         )
-    return services.store.start_conversation(slide_id, services.engine.info.get("model_id"))
+    return services.store.start_conversation(
+        slide_id, services.engine.info.get("model_id"), owner=owner
+    )
 
 
-def _load(services: ChatServices, conversation_id: str) -> dict[str, Any]:
+def _load(services: ChatServices, conversation_id: str, owner: str) -> dict[str, Any]:
     if not isinstance(conversation_id, str) or not conversation_id.strip():
         raise NotFoundError("No conversation is open: upload a slide first.")
-    return services.store.load_conversation(conversation_id.strip())
+    return services.store.load_conversation(conversation_id.strip(), owner=owner)
 
 
 # --- asking -----------------------------------------------------------------------------------
@@ -198,6 +212,7 @@ def ask(
     *,
     region: Any = None,
     stop: threading.Event | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> Answering:
     """Answer `question` in the conversation, streaming AskUpdates. When the answer starts,
     the question and an answer "in progress" are logged together; the answer's text is saved
@@ -210,7 +225,7 @@ def ask(
     (a <mask> input map when the model has a mask encoder, else a sentence naming the region).
     Bad input (empty question, bad options, S above the slide's tissue cells, unknown
     conversation) raises before anything is logged: web.question.Question.parse checks it."""
-    conversation = _load(services, conversation_id)
+    conversation = _load(services, conversation_id, owner)
     checked = Question.parse(conversation, question, options, region)
     return _answering(services, checked, conversation["slide"], conversation["turns"], stop)
 
@@ -221,10 +236,11 @@ def retry(
     options: Any = None,
     *,
     stop: threading.Event | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> Answering:
     """Answer the last question again, replacing its answer (also one that failed or was
     interrupted) when the new one starts; same stream as ask."""
-    conversation = _load(services, conversation_id)
+    conversation = _load(services, conversation_id, owner)
     turns = conversation["turns"]
     asked = [i for i, t in enumerate(turns) if t["role"] == "user"]
     if not asked:
@@ -355,12 +371,14 @@ def _fail(store: Any, turn_id: str, text: str, message: str) -> None:
         log.exception("could not log the failed answer")
 
 
-def undo(services: ChatServices, conversation_id: str) -> dict[str, Any]:
+def undo(
+    services: ChatServices, conversation_id: str, *, owner: str = LOCAL_OWNER
+) -> dict[str, Any]:
     """Remove the last question and its answer. {question: its text (to edit and ask again) or
     None when there was nothing to undo, messages, layers (of the answer now last)}."""
-    _load(services, conversation_id)
-    removed = services.store.undo_last_exchange(conversation_id)
-    conversation = services.store.load_conversation(conversation_id)
+    _load(services, conversation_id, owner)
+    removed = services.store.undo_last_exchange(conversation_id, owner=owner)
+    conversation = services.store.load_conversation(conversation_id, owner=owner)
     last = last_answer(conversation["turns"])
     return {
         "question": removed["question"] if removed else None,
@@ -370,11 +388,16 @@ def undo(services: ChatServices, conversation_id: str) -> dict[str, Any]:
 
 
 def feedback(
-    services: ChatServices, conversation_id: str, message_index: int, liked: bool | str
+    services: ChatServices,
+    conversation_id: str,
+    message_index: int,
+    liked: bool | str,
+    *,
+    owner: str = LOCAL_OWNER,
 ) -> int:
     """Log a like / dislike on the answer shown at `message_index` (= its turn index).
     Returns the feedback row id."""
-    conversation = _load(services, conversation_id)
+    conversation = _load(services, conversation_id, owner)
     turns = conversation["turns"]
     if not isinstance(message_index, int) or not 0 <= message_index < len(turns):
         raise NotFoundError("That message is no longer in the conversation.")
@@ -382,3 +405,13 @@ def feedback(
     if turn["role"] != "assistant":
         raise OptionsError("Only answers can be liked or disliked.")
     return services.store.add_feedback(turn["id"], liked)
+
+
+def delete_conversation(
+    services: ChatServices, conversation_id: str, *, owner: str = LOCAL_OWNER
+) -> None:
+    """Delete one of the owner's conversations with its turns (an answer running in it is
+    stopped first)."""
+    _load(services, conversation_id, owner)
+    stop_answer(services, conversation_id)
+    services.store.delete_conversation(conversation_id, owner=owner)

@@ -21,6 +21,10 @@ from omnipath.facts import is_slide_id
 T = TypeVar("T")
 
 
+# What an unknown slide id is told; a slide of someone else is told the same.
+UNKNOWN_SLIDE = "This slide is not known to the server."
+
+
 class OpenedSlide:
     """One open slide and what other layers attach to it (built once, reused while open)."""
 
@@ -124,7 +128,7 @@ class SlideRegistry:
             if opened is not None:
                 return opened
             if slide_id not in self._paths:
-                raise NotFoundError("This slide is not known to the server.")
+                raise NotFoundError(UNKNOWN_SLIDE)
             opening = self._opening.setdefault(slide_id, threading.Lock())
         with opening:
             with self._lock:  # someone else may have opened it while we waited

@@ -18,6 +18,7 @@ from typing import Any
 
 from omnipath.errors import EmptySlideError, NotFoundError, OmniPathError, UploadTooLargeError
 from omnipath.slide import content_hash
+from storage.models import LOCAL_OWNER
 from web.chat_services import ChatServices
 from web.handlers import empty_layers
 from web.viewer_component import viewer_state
@@ -124,9 +125,11 @@ def upload_slide(
     *,
     file_name: str | None = None,
     progress: ProgressFn | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> dict[str, Any]:
     """Take an uploaded file: size check (before anything is read), store and hash it in one
-    pass, open it and look at its smallest level, record it, and start a new conversation.
+    pass, open it and look at its smallest level, record it, and start a new conversation of
+    `owner` (the slide is granted to them; the same bytes uploaded by two are stored once).
     A file Gradio received is moved into the store (deleted if refused); any other file is
     copied and left where it is.
 
@@ -138,7 +141,7 @@ def upload_slide(
     if received:  # ours: moved into the store, or deleted when refused
         source = source.resolve()
     try:
-        return _take(services, source, file_name, progress, move=received)
+        return _take(services, source, file_name, progress, move=received, owner=owner)
     finally:
         if received:
             _drop_received(source)
@@ -151,6 +154,7 @@ def _take(
     progress: ProgressFn | None,
     *,
     move: bool,
+    owner: str,
 ) -> dict[str, Any]:
     progress = progress or _no_progress
     if not source.is_file():
@@ -180,7 +184,7 @@ def _take(
             slide_id, info, size_bytes=size, stored_path=target, file_name=file_name
         )
         conversation_id = services.store.start_conversation(
-            slide_id, services.engine.info.get("model_id")
+            slide_id, services.engine.info.get("model_id"), owner=owner
         )
     except OmniPathError:
         registry.forget(slide_id)  # close it: a file that failed may be removed next
