@@ -54,6 +54,10 @@ def space_environment(
     data_dir = PERSISTENT / "omnipath" if data_mounted else REPO / "data"
     out["OMNIPATH_DATA_DIR"] = str(data_dir)
     out.setdefault("OMNIPATH_SAMPLE_SLIDE", environ.get("OMNIPATH_SAMPLE_SLIDE", "true"))
+    # A Space is reachable by anyone: without a users file, each visitor gets a private space
+    # (web/identity.py refuses a public address with neither).
+    if not environ.get("OMNIPATH_AUTH_FILE"):
+        out["OMNIPATH_PUBLIC_DEMO"] = environ.get("OMNIPATH_PUBLIC_DEMO", "true")
     return out
 
 

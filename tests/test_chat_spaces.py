@@ -51,6 +51,24 @@ def test_variables_become_settings(space_app) -> None:
     assert demo["OMNIPATH_MODEL"] == "mini" and "OMNIPATH_QUANTIZATION" not in demo
 
 
+def test_a_space_starts_as_a_public_demo_unless_it_has_logins(space_app, tmp_path) -> None:
+    """A Space listens on 0.0.0.0: its settings must pass the refusal to start a public
+    address without logins, as anonymous private spaces or with a users file."""
+    from web.config import load_config
+    from web.identity import check_exposure
+
+    env = space_app.space_environment({}, gpu_gib=None, data_mounted=False)
+    config = load_config([], env)
+    assert config.public_demo and config.auth_mode == "public-demo"
+    check_exposure(config)
+    users = tmp_path / "users.toml"
+    users.write_text("", encoding="utf-8")
+    with_logins = space_app.space_environment(
+        {"OMNIPATH_AUTH_FILE": str(users)}, gpu_gib=None, data_mounted=False
+    )
+    assert "OMNIPATH_PUBLIC_DEMO" not in with_logins
+
+
 def test_gpu_duration_grows_with_s_and_new_tokens(space_app) -> None:
     def seconds(options: AnswerOptions) -> int:  # called with answer_on_gpu's arguments
         return space_app.gpu_seconds("slide.tiff", "id", [], "q", options, None, "token", False)
