@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from storage.models import (
     Conversation,
     Feedback,
     Mask,
+    Share,
     Slide,
     SlideGrant,
     Turn,
@@ -90,8 +92,7 @@ def _mask_dict(mask: Mask) -> dict[str, Any]:
 
 def _turn_dict(turn: Turn) -> dict[str, Any]:
     feedback = [
-        {"value": f.value, "comment": f.comment, "created_at": f.created_at}
-        for f in turn.feedback
+        {"value": f.value, "comment": f.comment, "created_at": f.created_at} for f in turn.feedback
     ]
     return {
         "id": turn.id,
@@ -227,7 +228,11 @@ class Store:
         if not isinstance(vendor, str) or not vendor:
             raise InvalidRecordError(f"The slide's vendor must be text, not {echo(vendor)}.")
         optional = {}
-        for name, value in (("mpp_x", mpp_x), ("mpp_y", mpp_y), ("objective_power", objective_power)):
+        for name, value in (
+            ("mpp_x", mpp_x),
+            ("mpp_y", mpp_y),
+            ("objective_power", objective_power),
+        ):
             optional[name] = None if value is None else shapes._finite(value, f"The slide's {name}")
         path = None if stored_path is None else os.fspath(stored_path)
         name = _optional_text(file_name, "The file name", 512) if self.log_file_names else None
@@ -238,9 +243,14 @@ class Store:
                 if slide is None:
                     session.add(
                         Slide(
-                            id=slide_id, size_bytes=int(size_bytes), vendor=vendor,
-                            width=int(width), height=int(height), stored_path=path,
-                            file_name=name, **optional,
+                            id=slide_id,
+                            size_bytes=int(size_bytes),
+                            vendor=vendor,
+                            width=int(width),
+                            height=int(height),
+                            stored_path=path,
+                            file_name=name,
+                            **optional,
                         )
                     )
                 else:
@@ -386,22 +396,66 @@ class Store:
                   feedback: [{value, comment, created_at}], liked: "like"|"dislike"|None}]}
         Turns are in order (index 0, 1, ...).
         """
-        query = (
-            select(Conversation)
-            .where(Conversation.id == conversation_id, Conversation.owner == owner)
-            .options(
-                selectinload(Conversation.slide),
-                selectinload(Conversation.turns).selectinload(Turn.masks),
-                selectinload(Conversation.turns).selectinload(Turn.feedback),
-            )
-        )
         with self._transaction(write=False) as session:
-            conv = session.execute(query).scalar_one_or_none()
-            if conv is None:
+            out = _full_conversation(session, conversation_id, owner)
+            if out is None:
                 raise _no_conversation(conversation_id)
-            out = _conversation_summary(conv, len(conv.turns))
-            out["slide"] = _slide_dict(conv.slide)
-            out["turns"] = [_turn_dict(t) for t in conv.turns]
+            return out
+
+    # --- read-only share links ------------------------------------------------------
+
+    def create_share(
+        self, conversation_id: str, owner: str, expires_in_s: float | None = None
+    ) -> str:
+        """A new read-only link to a conversation of `owner` (NotFoundError, the same as for an
+        unknown id, when it is someone else's); returns its unguessable token. It expires
+        `expires_in_s` seconds from now, or never when None."""
+        if expires_in_s is not None and not expires_in_s > 0:
+            raise InvalidRecordError("A share link must last a positive time, or never expire.")
+        expires_at = None if expires_in_s is None else utcnow() + timedelta(seconds=expires_in_s)
+        with self._transaction(write=True) as session:
+            self._locked_conversation(session, conversation_id, owner)
+            token = secrets.token_urlsafe(SHARE_TOKEN_BYTES)
+            session.add(
+                Share(
+                    token=token,
+                    conversation_id=conversation_id,
+                    owner=owner,
+                    expires_at=expires_at,
+                )
+            )
+            return token
+
+    def revoke_share(self, token: str, owner: str) -> None:
+        """Revokes one link of `owner` (NotFoundError when there is no such link of theirs)."""
+        with self._transaction(write=True) as session:
+            share = session.get(Share, token)
+            if share is None or share.owner != owner or share.revoked_at is not None:
+                raise NotFoundError(NO_SHARE)
+            share.revoked_at = utcnow()
+
+    def revoke_shares(self, conversation_id: str, owner: str) -> int:
+        """Revokes every link to a conversation of `owner`; returns how many were live."""
+        with self._transaction(write=True) as session:
+            self._locked_conversation(session, conversation_id, owner)
+            done = session.execute(
+                update(Share)
+                .where(Share.conversation_id == conversation_id, Share.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            return int(done.rowcount or 0)
+
+    def load_shared(self, token: str) -> dict[str, Any]:
+        """The conversation a live link opens (load_conversation()'s dict); NotFoundError with
+        one sentence whether the token is unknown, revoked or expired."""
+        with self._transaction(write=False) as session:
+            share = session.get(Share, token) if isinstance(token, str) else None
+            live = share is not None and share.revoked_at is None
+            if not live or (share.expires_at is not None and share.expires_at <= utcnow()):
+                raise NotFoundError(NO_SHARE)
+            out = _full_conversation(session, share.conversation_id, share.owner)
+            if out is None:
+                raise NotFoundError(NO_SHARE)
             return out
 
     # --- turns ----------------------------------------------------------------------
@@ -731,6 +785,33 @@ _TURN_FIELDS = frozenset(
 )
 
 
+# Bytes of randomness in a share link's token (32 URL-safe characters).
+SHARE_TOKEN_BYTES = 24
+NO_SHARE = (
+    "This share link does not exist, was revoked, or has expired; ask its owner for a new one."
+)
+
+
+def _full_conversation(session: Session, conversation_id: str, owner: str) -> dict[str, Any] | None:
+    """load_conversation()'s dict, or None when `owner` has no such conversation."""
+    query = (
+        select(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.owner == owner)
+        .options(
+            selectinload(Conversation.slide),
+            selectinload(Conversation.turns).selectinload(Turn.masks),
+            selectinload(Conversation.turns).selectinload(Turn.feedback),
+        )
+    )
+    conv = session.execute(query).scalar_one_or_none()
+    if conv is None:
+        return None
+    out = _conversation_summary(conv, len(conv.turns))
+    out["slide"] = _slide_dict(conv.slide)
+    out["turns"] = [_turn_dict(t) for t in conv.turns]
+    return out
+
+
 def _no_conversation(conversation_id: str) -> NotFoundError:
     return NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
 
@@ -822,8 +903,16 @@ def _add_masks(session: Session, turn_id: str, records: Sequence[shapes.MaskReco
 def _mask_row(turn_id: str, index: int, record: shapes.MaskRecord) -> Mask:
     x, y, w, h = record.l0_rect
     return Mask(
-        turn_id=turn_id, index=index, l0_x=x, l0_y=y, l0_w=w, l0_h=h,
-        width=record.width, height=record.height, label=record.label, png=record.png,
+        turn_id=turn_id,
+        index=index,
+        l0_x=x,
+        l0_y=y,
+        l0_w=w,
+        l0_h=h,
+        width=record.width,
+        height=record.height,
+        label=record.label,
+        png=record.png,
     )
 
 

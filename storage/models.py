@@ -144,9 +144,7 @@ class Conversation(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
     # The user the conversation belongs to (web/identity.py); only they list or open it.
     owner: Mapped[str] = mapped_column(String(128), server_default=LOCAL_OWNER)
-    slide_id: Mapped[str] = mapped_column(
-        ForeignKey("slides.id", ondelete="RESTRICT"), index=True
-    )
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="RESTRICT"), index=True)
     model_id: Mapped[str | None] = mapped_column(String(256))
     title: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -185,9 +183,7 @@ class Turn(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
-    conversation_id: Mapped[str] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
-    )
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column("turn_index", Integer)  # 0-based within conversation
     role: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text, default="")
@@ -253,3 +249,20 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     turn: Mapped[Turn] = relationship(back_populates="feedback")
+
+
+class Share(Base):
+    """A read-only link to one conversation (issue 12, "sharing a case"): whoever holds the
+    token sees the slide, the turns and the overlays, and asks nothing. The owner revokes it;
+    it expires at `expires_at` (never when None)."""
+
+    __tablename__ = "shares"
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)  # secrets.token_urlsafe
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    owner: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -343,7 +343,7 @@ def test_data_survives_reopening_and_migrations_are_idempotent(database_url: str
         conv = store.start_conversation(SLIDE_ID, "tiny")
         store.log_turn(conv, "user", "Persist me")
     with Store(database_url) as reopened:
-        assert current_revision(reopened.engine) == "0003"
+        assert current_revision(reopened.engine) == "0004"
         assert reopened.load_conversation(conv)["turns"][0]["text"] == "Persist me"
 
 
@@ -658,3 +658,47 @@ def test_the_operator_lists_exports_and_purges_by_owner(tmp_path: Path) -> None:
     assert json.loads(exported.read_text())["turns"][0]["text"] == "Alice asks"
     assert cli("purge", "user:alice").returncode == 0
     assert cli("list").stdout.splitlines() == ["user:bob\t1\t1"]
+
+
+def test_a_share_link_opens_its_conversation_until_revoked_or_expired(store: Store) -> None:
+    from storage.log import NO_SHARE
+
+    store.record_slide(SLIDE_ID, **SLIDE)
+    mine = store.start_conversation(SLIDE_ID, owner="alice")
+    store.log_turn(mine, "user", "Alice's question")
+    token = store.create_share(mine, "alice", expires_in_s=3600)
+    assert len(token) >= 32 and token != store.create_share(mine, "alice")
+    shared = store.load_shared(token)
+    assert shared["id"] == mine and shared["slide"]["id"] == SLIDE_ID
+    assert shared["turns"][0]["text"] == "Alice's question"
+    # A stranger cannot share Alice's conversation: refused like an id that does not exist.
+    with pytest.raises(NotFoundError) as stranger:
+        store.create_share(mine, "bob")
+    with pytest.raises(NotFoundError) as missing:
+        store.create_share("0" * 32, "bob")
+    assert stranger.value.message == missing.value.message.replace("0" * 32, mine)
+    with pytest.raises(InvalidRecordError):
+        store.create_share(mine, "alice", expires_in_s=0)
+    # Nor revoke her link; she can.
+    with pytest.raises(NotFoundError):
+        store.revoke_share(token, "bob")
+    store.load_shared(token)
+    store.revoke_share(token, "alice")
+    expired = store.create_share(mine, "alice", expires_in_s=3600)
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE shares SET expires_at = :t WHERE token = :k"),
+            {"t": datetime(2020, 1, 1, tzinfo=UTC), "k": expired},
+        )
+    # Revoked, expired and unknown links: one sentence for all three.
+    for refused in (token, expired, "x" * 32):
+        with pytest.raises(NotFoundError) as info:
+            store.load_shared(refused)
+        assert info.value.message == NO_SHARE
+    never = store.create_share(mine, "alice")
+    assert store.revoke_shares(mine, "alice") == 3  # all not yet revoked: expired ones too
+    with pytest.raises(NotFoundError):
+        store.load_shared(never)
+    # Deleting the conversation deletes its links.
+    store.delete_conversation(mine, owner="alice")
+    assert _row_count(store, "shares") == 0
