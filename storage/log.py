@@ -449,14 +449,17 @@ class Store:
         """The conversation a live link opens (load_conversation()'s dict); NotFoundError with
         one sentence whether the token is unknown, revoked or expired."""
         with self._transaction(write=False) as session:
-            share = session.get(Share, token) if isinstance(token, str) else None
-            live = share is not None and share.revoked_at is None
-            if not live or (share.expires_at is not None and share.expires_at <= utcnow()):
-                raise NotFoundError(NO_SHARE)
+            share = _live_share(session, token)
             out = _full_conversation(session, share.conversation_id, share.owner)
             if out is None:
                 raise NotFoundError(NO_SHARE)
             return out
+
+    def shared_slide_id(self, token: str) -> str:
+        """The slide a live link shows (for the tile routes); NotFoundError as load_shared."""
+        with self._transaction(write=False) as session:
+            share = _live_share(session, token)
+            return session.get_one(Conversation, share.conversation_id).slide_id
 
     # --- turns ----------------------------------------------------------------------
 
@@ -790,6 +793,18 @@ SHARE_TOKEN_BYTES = 24
 NO_SHARE = (
     "This share link does not exist, was revoked, or has expired; ask its owner for a new one."
 )
+
+
+def _live_share(session: Session, token: str) -> Share:
+    """The share of `token`, or NotFoundError(NO_SHARE) when unknown, revoked or expired."""
+    share = session.get(Share, token) if isinstance(token, str) else None
+    if (
+        share is None
+        or share.revoked_at is not None
+        or (share.expires_at is not None and share.expires_at <= utcnow())
+    ):
+        raise NotFoundError(NO_SHARE)
+    return share
 
 
 def _full_conversation(session: Session, conversation_id: str, owner: str) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 
 - slides (SlideAccess): the one shown at start (the sample slide, --slide) to all, any other
   only to the owners it was granted to (Store.grant_slide, on upload). The tile routes ask for
-  every request, so positive answers are remembered; refusals are asked again;
+  every request, so positive answers are remembered; refusals are asked again. A live share
+  link (`?share=TOKEN`, web/share.py) opens its slide to anyone, asked at every request so
+  that revoking it counts at once;
 - exports served by Gradio's file route (ExportFileGuard): to the conversation's owner only;
 - public demo visitors' spaces expire (expire_visitors, keep_expiring_visitors).
 """
@@ -22,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from web.chat_services import ChatServices
 from web.exports import EXPORT_NAME
 from web.identity import VISITOR_PREFIX
+from web.share import may_see_shared
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class SlideAccess:
         self._lock = threading.Lock()
 
     def may_see(self, request: Any, slide_id: str) -> bool:
+        if may_see_shared(self.chat, request, slide_id):  # a live share link, never remembered
+            return True
         owner = self.chat.identity.owner_of(request)  # type: ignore[union-attr]
         if owner is None:
             return False

@@ -21,6 +21,7 @@ from web.chat_services import ChatServices, build_chat_services
 from web.config import WebConfig
 from web.identity import VisitorCookie, check_exposure
 from web.services import WebServices, build_services, register_initial_slide
+from web.share import share_router
 from web.tile_routes import TileCacheFastPath, tile_router
 from web.upload_guard import UploadGuard, enable_gradio_upload_check
 from web.viewer_component import mount_viewer_assets
@@ -66,11 +67,12 @@ def build_demo(config: WebConfig, services: ChatServices | WebServices | None = 
 
 def add_viewer_routes(app: FastAPI, chat: ChatServices) -> None:
     """Everything the viewer needs from the server: the deep-zoom routes (for slides the asker
-    may see), the tile-cache fast path and the viewer's JavaScript/CSS. Call before Gradio is
+    may see), the read-only share pages, the tile-cache fast path and the viewer's JavaScript/CSS. Call before Gradio is
     mounted at "/"."""
     may_see = SlideAccess(chat).may_see
     tiles = chat.web.tiles
     app.include_router(tile_router(tiles, may_see))
+    app.include_router(share_router(chat))
     app.add_middleware(TileCacheFastPath, service=tiles, may_see=may_see)
     mount_viewer_assets(app)
 

@@ -38,6 +38,7 @@ from web.chat_api import (
 from web.chat_services import ChatServices
 from web.exports import DownloadFolder
 from web.question import form_options
+from web.share_ui import add_share_panel
 from web.viewer_component import build_viewer, viewer_state
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
                     )
                     export_button = gr.Button("Export this conversation")
                     export_file = gr.File(label="Download", interactive=False)
+                add_share_panel(chat, session)
 
         # --- UI handlers ----------------------------------------------------------------
 

@@ -135,10 +135,13 @@ def conversation_report(
     thumbnail: Image.Image | None,
     *,
     model: dict[str, Any] | None = None,
+    head: str = "",
+    top: str = "",
 ) -> str:
     """The report as one HTML string. `conversation`: Store.load_conversation()'s dict;
     `thumbnail`: the whole slide (any size, aspect kept) or None when the slide is gone;
-    `model`: the banner facts (model_id, precision, device, demo)."""
+    `model`: the banner facts (model_id, precision, device, demo); `head` and `top`: HTML
+    added to the <head> and after the header (the share page's viewer, web/share.py)."""
     slide = conversation["slide"]
     l0_width, l0_height = int(slide["width"]), int(slide["height"])
     title = conversation.get("title") or "Conversation"
@@ -162,6 +165,7 @@ def conversation_report(
         '<span style="color:#09f">■ boxes</span><span style="color:#dc0073">■ masks</span></p>'
         "</header>"
     )
+    body.append(top)
     answer_number = 0
     for turn in conversation["turns"]:
         body.append(_turn_html(turn))
@@ -176,6 +180,6 @@ def conversation_report(
         )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>OmniPath — {html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<title>OmniPath — {html.escape(title)}</title><style>{_CSS}</style>{head}</head>"
         f"<body>{''.join(body)}</body></html>"
     )
