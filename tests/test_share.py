@@ -92,3 +92,47 @@ def test_a_share_link_opens_read_only_until_revoked_or_expired(tmp_path: Path) -
             for path in (dzi, tile):
                 assert anyone.get(path, params={SHARE_PARAM: dead}).status_code == 404
         anyone.close()
+
+
+@pytest.mark.browser
+def test_a_share_page_pans_the_slide_and_presents_answer_by_answer(tmp_path: Path, tissue_png):
+    from selenium.webdriver.common.by import By
+
+    from tests.live_server import headless_chromium, wait_for
+    from web import handlers
+    from web.upload import upload_slide
+    from web.users import add_user
+
+    users = tmp_path / "users.toml"
+    add_user(users, "alice", PASSWORDS["alice"])
+    with serving_app(tmp_path, auth_file=users) as (url, chat):
+        mine = upload_slide(chat, tissue_png[0], owner="user:alice")
+        conversation_id = mine["conversation_id"]
+        for question in ("First question?", "Second question?"):
+            answer = list(handlers.ask(chat, conversation_id, question, owner="user:alice"))
+            assert answer[-1].done
+        token = chat.store.create_share(conversation_id, "user:alice", 3600)
+        with headless_chromium(1200, 900) as driver:  # no login: the link alone
+            driver.get(url + share_path(token))
+            wait_for(
+                driver,
+                "var v = window.omnipathShare; return v && v.world.getItemCount() === 1 "
+                "&& v.world.getItemAt(0).getFullyLoaded();",
+            )
+            driver.find_element(By.ID, "share-present").click()
+            steps = "return document.getElementById('share-steps').textContent;"
+            visible = (
+                "return Array.from(document.querySelectorAll('.turn.user'))"
+                ".filter(e => e.offsetParent !== null).map(e => e.textContent);"
+            )
+            assert driver.execute_script(steps) == "Step 1 of 2"
+            assert [t.split(": ", 1)[1] for t in driver.execute_script(visible)] == [
+                "First question?"
+            ]
+            driver.find_element(By.ID, "share-next").click()
+            assert driver.execute_script(steps) == "Step 2 of 2"
+            assert driver.execute_script(visible)[0].endswith("Second question?")
+            assert driver.execute_script(
+                "return document.body.classList.contains('presenting') && "
+                "document.getElementById('share-viewer').offsetWidth > 1000;"
+            )

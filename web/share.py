@@ -58,8 +58,8 @@ body.presenting figure img {{ max-height: 24vh; }}
 _SCRIPT = """<script>
 (function () {
   var config = JSON.parse(document.getElementById("share-config").textContent);
-  OpenSeadragon({id: "share-viewer", prefixUrl: config.images, tileSources: config.dzi,
-                 showNavigator: true});
+  window.omnipathShare = OpenSeadragon({id: "share-viewer", prefixUrl: config.images,
+                                        tileSources: config.dzi, showNavigator: true});
   var steps = [], step = -1;
   document.querySelectorAll(".turn, figure").forEach(function (el) {
     if (el.classList.contains("user") || step < 0) { step += 1; steps.push([]); }
