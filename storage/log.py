@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -160,6 +160,9 @@ class Store:
     ) -> None:
         self.url = resolve_url(url)
         self.log_file_names = log_file_names
+        # Called, after the commit, with the ids of slides that lost their last grant (see
+        # delete_conversation): the web layer deletes their stored files (web/slide_files.py).
+        self.on_unheld: Callable[[list[str]], None] | None = None
         self.engine = create_database_engine(self.url)
         if migrate:
             upgrade_to_head(self.engine)
@@ -712,9 +715,41 @@ class Store:
 
     def delete_conversation(self, conversation_id: str, *, owner: str = LOCAL_OWNER) -> None:
         """Deletes a conversation of `owner` with its turns, masks and feedback (NotFoundError
-        when there is none of that id that is theirs)."""
+        when there is none of that id that is theirs). When it was their last conversation
+        about its slide, their grant of the slide goes too: an owner holds a slide while
+        they have a conversation about it (or uploaded it and have not deleted that one).
+        A slide nobody holds any more is reported to `on_unheld`."""
         with self._transaction(write=True) as session:
-            session.delete(self._locked_conversation(session, conversation_id, owner))
+            conv = self._locked_conversation(session, conversation_id, owner)
+            slide_id = conv.slide_id
+            session.delete(conv)
+            session.flush()
+            if session.scalar(
+                select(func.count()).where(
+                    Conversation.owner == owner, Conversation.slide_id == slide_id
+                )
+            ):
+                return
+            session.execute(
+                delete(SlideGrant).where(SlideGrant.owner == owner, SlideGrant.slide_id == slide_id)
+            )
+            unheld = _unheld(session, [slide_id])
+        self._report_unheld(unheld)
+
+    def _report_unheld(self, slide_ids: list[str]) -> None:
+        if slide_ids and self.on_unheld is not None:
+            self.on_unheld(slide_ids)
+
+    def drop_stored_path(self, slide_id: str) -> str | None:
+        """When nobody holds the slide any more: clears its `stored_path` (the row stays, with
+        its metadata, for the conversations that name it) and returns the old path, for the
+        caller to delete the file; None when someone holds it or no file was stored."""
+        with self._transaction(write=True) as session:
+            slide = session.get(Slide, slide_id, with_for_update=True)
+            if slide is None or slide.stored_path is None or not _unheld(session, [slide_id]):
+                return None
+            path, slide.stored_path = slide.stored_path, None
+            return path
 
     def purge_idle_owners(self, prefix: str, idle_s: float) -> int:
         """Deletes the conversations (with their turns) and slide grants of the owners whose
@@ -738,8 +773,9 @@ class Store:
             ).all():
                 last[owner] = max(created, last.get(owner, created))
             idle = [owner for owner, when in last.items() if when < cutoff]
-            _purge(session, idle)
-            return len(idle)
+            unheld = _purge(session, idle)
+        self._report_unheld(unheld)
+        return len(idle)
 
     def list_owners(self) -> list[dict[str, Any]]:
         """Everyone with data, by name: [{owner, conversations, slides}] (for operators)."""
@@ -759,8 +795,9 @@ class Store:
         Returns the number of conversations deleted."""
         with self._transaction(write=True) as session:
             n = session.scalar(select(func.count()).where(Conversation.owner == owner))
-            _purge(session, [owner])
-            return int(n or 0)
+            unheld = _purge(session, [owner])
+        self._report_unheld(unheld)
+        return int(n or 0)
 
     # --- feedback ---------------------------------------------------------------------
 
@@ -831,10 +868,24 @@ def _no_conversation(conversation_id: str) -> NotFoundError:
     return NotFoundError(f"No conversation with id {echo(conversation_id)} exists.")
 
 
-def _purge(session: Session, owners: list[str]) -> None:
-    if owners:
-        session.execute(delete(Conversation).where(Conversation.owner.in_(owners)))
-        session.execute(delete(SlideGrant).where(SlideGrant.owner.in_(owners)))
+def _purge(session: Session, owners: list[str]) -> list[str]:
+    """Deletes the owners' conversations and grants; returns the slides nobody holds now."""
+    if not owners:
+        return []
+    held = list(
+        session.scalars(select(SlideGrant.slide_id).where(SlideGrant.owner.in_(owners)).distinct())
+    )
+    session.execute(delete(Conversation).where(Conversation.owner.in_(owners)))
+    session.execute(delete(SlideGrant).where(SlideGrant.owner.in_(owners)))
+    return _unheld(session, held)
+
+
+def _unheld(session: Session, slide_ids: list[str]) -> list[str]:
+    """Those of `slide_ids` that no owner has a grant of."""
+    held = set(
+        session.scalars(select(SlideGrant.slide_id).where(SlideGrant.slide_id.in_(slide_ids)))
+    )
+    return [slide_id for slide_id in slide_ids if slide_id not in held]
 
 
 def _grant(session: Session, slide_id: str, owner: str) -> None:

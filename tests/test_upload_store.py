@@ -239,3 +239,76 @@ def test_through_gradio_nothing_stays_in_its_upload_folder(
     received = [p for p in gradio_dir.rglob("*") if p.is_file() and p.stat().st_size]
     assert received == []  # (Gradio leaves empty temporary files of its own there)
     assert synthetic_slide.path.is_file() and notes.is_file()  # the client's own files
+
+
+# --- a slide's file goes with its last grant ------------------------------------------------
+
+
+def _upload(services, synthetic_slide, owner: str) -> dict:
+    return upload.upload_slide(services, synthetic_slide.path, file_name="case.tiff", owner=owner)
+
+
+def _gone(services, slide_id: str) -> bool:
+    stored = services.settings.uploads_dir / f"{slide_id}.tiff"
+    return not stored.exists() and not services.registry.is_registered(slide_id)
+
+
+def test_deleting_the_only_conversation_about_a_slide_deletes_its_file(
+    services, synthetic_slide
+) -> None:
+    from web import handlers
+
+    first = _upload(services, synthetic_slide, "user:alice")
+    slide_id = first["slide_id"]
+    second = services.store.start_conversation(slide_id, owner="user:alice")
+    handlers.delete_conversation(services, first["conversation_id"], owner="user:alice")
+    assert not _gone(services, slide_id)  # alice still has a conversation about it
+    assert services.store.may_see_slide(slide_id, "user:alice")
+    handlers.delete_conversation(services, second, owner="user:alice")
+    assert _gone(services, slide_id)
+    assert not services.store.may_see_slide(slide_id, "user:alice")
+    assert services.store.get_slide(slide_id)["stored_path"] is None  # the row stays, no path
+    assert _store_contents(services) == []
+    again = _upload(services, synthetic_slide, "user:alice")  # the same bytes come back
+    assert services.web.tiles.tile(slide_id, 0, 0, 0, "jpeg")
+    assert services.store.get_slide(slide_id)["stored_path"] is not None
+    assert again["slide_id"] == slide_id
+
+
+def test_a_file_someone_else_holds_stays_and_still_serves_tiles(services, synthetic_slide) -> None:
+    from web import handlers
+
+    alice = _upload(services, synthetic_slide, "user:alice")
+    bob = _upload(services, synthetic_slide, "user:bob")
+    slide_id = alice["slide_id"]
+    services.registry.forget(slide_id)  # bob's tiles must open the file anew
+    handlers.delete_conversation(services, alice["conversation_id"], owner="user:alice")
+    assert not services.store.may_see_slide(slide_id, "user:alice")
+    assert services.store.may_see_slide(slide_id, "user:bob")
+    assert services.web.tiles.tile(slide_id, 0, 0, 0, "jpeg")
+    handlers.delete_conversation(services, bob["conversation_id"], owner="user:bob")
+    assert _gone(services, slide_id)
+
+
+def test_the_slide_opened_at_start_is_never_deleted(services, synthetic_slide) -> None:
+    from web import handlers
+
+    result = _upload(services, synthetic_slide, "user:alice")
+    services.web.initial_slide_id = result["slide_id"]
+    handlers.delete_conversation(services, result["conversation_id"], owner="user:alice")
+    assert not _gone(services, result["slide_id"])
+    assert services.web.tiles.tile(result["slide_id"], 0, 0, 0, "jpeg")
+
+
+def test_purging_an_owner_deletes_the_files_nobody_else_holds(
+    services, synthetic_slide, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.tiff"
+    other.write_bytes(synthetic_slide.path.read_bytes() + b"\0")  # other bytes, still a TIFF
+    shared = _upload(services, synthetic_slide, "anon:x")["slide_id"]
+    _upload(services, synthetic_slide, "user:bob")
+    own = upload.upload_slide(services, other, file_name="own.tiff", owner="anon:x")["slide_id"]
+    assert services.store.purge_owner("anon:x") == 2
+    assert _gone(services, own)
+    assert not _gone(services, shared)
+    assert services.web.tiles.tile(shared, 0, 0, 0, "jpeg")

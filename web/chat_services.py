@@ -139,4 +139,8 @@ def build_chat_services(
     if store is None:
         store = build_store(config)
     config.uploads_dir.mkdir(parents=True, exist_ok=True)
-    return ChatServices(web=web, engine=engine, store=store, settings=config)
+    chat = ChatServices(web=web, engine=engine, store=store, settings=config)
+    from web.slide_files import delete_unheld_files  # late: it imports this module
+
+    delete_unheld_files(chat)
+    return chat

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from omnipath.slide import content_hash
 from storage.models import LOCAL_OWNER
 from web.chat_services import ChatServices
 from web.handlers import empty_layers
+from web.slide_files import FILES_LOCK, remove_stored
 from web.viewer_component import viewer_state
 
 # progress(fraction 0..1, description) — gr.Progress fits, so does a test's list.append.
@@ -68,13 +68,12 @@ def _stored_name(slide_id: str, file_name: str | None) -> str:
     return slide_id + (suffix if _SUFFIX.fullmatch(suffix) else "")
 
 
-def _store(
-    source: Path, store_dir: Path, file_name: str, size: int, progress: ProgressFn, move: bool
-) -> tuple[Path, str, bool]:
-    """Put the upload in the store as `<sha256><suffix>` with one pass over its bytes: moved
-    (a rename) and hashed when `move` and on the same disk, else copied and hashed at once
-    into a temporary name. Returns (stored path, slide id, whether this call created it);
-    when those bytes are already stored the new copy is dropped."""
+def _receive(
+    source: Path, store_dir: Path, size: int, progress: ProgressFn, move: bool
+) -> tuple[Path, str]:
+    """Bring the upload into the store under a temporary name with one pass over its bytes:
+    moved (a rename) and hashed when `move` and on the same disk, else copied and hashed at
+    once. Returns (temporary path, slide id); the caller deletes the temporary path."""
     store_dir.mkdir(parents=True, exist_ok=True)
     partial = store_dir / f".{uuid.uuid4().hex}.partial"  # never a slide id: ids are hex only
 
@@ -84,16 +83,22 @@ def _store(
     try:
         progress(0.0, "Storing the slide")
         if move and _renamed(source, partial):
-            slide_id = content_hash(partial, hashed)
-        else:
-            slide_id = content_hash(source, hashed, copy_to=partial)
-        target = store_dir / _stored_name(slide_id, file_name)
-        if target.is_file():
-            return target, slide_id, False
-        partial.replace(target)
-        return target, slide_id, True
-    finally:
+            return partial, content_hash(partial, hashed)
+        return partial, content_hash(source, hashed, copy_to=partial)
+    except BaseException:
         partial.unlink(missing_ok=True)
+        raise
+
+
+def _place(partial: Path, slide_id: str, file_name: str) -> tuple[Path, bool]:
+    """Name the received file `<sha256><suffix>`; when those bytes are already stored the
+    new copy is left to be dropped. Returns (stored path, whether this call created it).
+    Call with FILES_LOCK held."""
+    target = partial.parent / _stored_name(slide_id, file_name)
+    if target.is_file():
+        return target, False
+    partial.replace(target)
+    return target, True
 
 
 def _renamed(source: Path, target: Path) -> bool:
@@ -103,20 +108,6 @@ def _renamed(source: Path, target: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _remove_stored(target: Path) -> None:
-    """Delete a stored file and whatever opening it made beside it, named after it: SQLite's
-    `-wal`/`-shm`/`-journal`, a zip's `.extracted` folder (`<hash>.tif` never matches
-    `<hash>.tiff`: a sibling's name continues with '-' or '.')."""
-    target.unlink(missing_ok=True)
-    for sibling in target.parent.iterdir():
-        rest = sibling.name[len(target.name) :]
-        if sibling.name.startswith(target.name) and rest[:1] in ("-", "."):
-            if sibling.is_dir() and not sibling.is_symlink():
-                shutil.rmtree(sibling, ignore_errors=True)
-            else:
-                sibling.unlink(missing_ok=True)
 
 
 def upload_slide(
@@ -169,9 +160,36 @@ def _take(
         )
     if size == 0:
         raise EmptySlideError("The uploaded file is empty.")
-    target, slide_id, created = _store(
-        source, services.settings.uploads_dir, file_name or source.name, size, progress, move
-    )
+    partial, slide_id = _receive(source, services.settings.uploads_dir, size, progress, move)
+    try:
+        with FILES_LOCK:  # no deletion of these bytes between storing them and granting them
+            conversation_id = _record(
+                services, partial, slide_id, file_name or source.name, file_name, owner, progress
+            )
+    finally:
+        partial.unlink(missing_ok=True)
+    meta = services.web.tiles.meta(slide_id)
+    progress(1.0, "Ready")
+    return {
+        "slide_id": slide_id,
+        "conversation_id": conversation_id,
+        "meta": meta,
+        "viewer_state": viewer_state(slide_id, meta, empty_layers()),
+    }
+
+
+def _record(
+    services: ChatServices,
+    partial: Path,
+    slide_id: str,
+    stored_name: str,
+    file_name: str | None,
+    owner: str,
+    progress: ProgressFn,
+) -> str:
+    """Store the received file, look at it, record it and start `owner`'s conversation about
+    it (which grants it); a refused file leaves nothing behind. Returns the conversation id."""
+    target, created = _place(partial, slide_id, stored_name)
     progress(STORED_FRACTION, "Making the thumbnail")
     registry = services.registry
     before = registry.path_of(slide_id) if registry.is_registered(slide_id) else None
@@ -181,27 +199,23 @@ def _take(
             opened.slide.overview(UPLOAD_THUMBNAIL_SIDE)
             info = opened.slide.info
         services.store.record_slide_info(
-            slide_id, info, size_bytes=size, stored_path=target, file_name=file_name
+            slide_id,
+            info,
+            size_bytes=target.stat().st_size,
+            stored_path=target,
+            file_name=file_name,
         )
-        conversation_id = services.store.start_conversation(
+        return services.store.start_conversation(
             slide_id, services.engine.info.get("model_id"), owner=owner
         )
     except OmniPathError:
         registry.forget(slide_id)  # close it: a file that failed may be removed next
         if created:
             registry.unregister(slide_id)
-            _remove_stored(target)
+            remove_stored(target)
             if before is not None:  # the same bytes known from elsewhere stay known
                 registry.register(before, slide_id=slide_id)
         raise
-    meta = services.web.tiles.meta(slide_id)
-    progress(1.0, "Ready")
-    return {
-        "slide_id": slide_id,
-        "conversation_id": conversation_id,
-        "meta": meta,
-        "viewer_state": viewer_state(slide_id, meta, empty_layers()),
-    }
 
 
 def _human_bytes(count: int) -> str:
