@@ -54,10 +54,14 @@ def space_environment(
     data_dir = PERSISTENT / "omnipath" if data_mounted else REPO / "data"
     out["OMNIPATH_DATA_DIR"] = str(data_dir)
     out.setdefault("OMNIPATH_SAMPLE_SLIDE", environ.get("OMNIPATH_SAMPLE_SLIDE", "true"))
-    # A Space is reachable by anyone: without a users file, each visitor gets a private space
-    # (web/identity.py refuses a public address with neither).
+    # A Space is reachable by anyone (web/identity.py refuses a public address without logins
+    # or a public demo): without a users file, Hugging Face sign-in when the Space has OAuth
+    # (`hf_oauth: true` sets OAUTH_CLIENT_ID), else each visitor gets a private space.
     if not environ.get("OMNIPATH_AUTH_FILE"):
-        out["OMNIPATH_PUBLIC_DEMO"] = environ.get("OMNIPATH_PUBLIC_DEMO", "true")
+        if environ.get("OAUTH_CLIENT_ID") and not environ.get("OMNIPATH_PUBLIC_DEMO"):
+            out["OMNIPATH_AUTH"] = environ.get("OMNIPATH_AUTH", "hf")
+        else:
+            out["OMNIPATH_PUBLIC_DEMO"] = environ.get("OMNIPATH_PUBLIC_DEMO", "true")
     return out
 
 

@@ -69,6 +69,31 @@ def test_a_space_starts_as_a_public_demo_unless_it_has_logins(space_app, tmp_pat
     assert "OMNIPATH_PUBLIC_DEMO" not in with_logins
 
 
+def test_a_space_with_oauth_uses_hugging_face_sign_in(space_app) -> None:
+    """`hf_oauth: true` gives the Space OAUTH_CLIENT_ID: sign-in with Hugging Face instead of
+    the public demo (which the Space can still ask for)."""
+    from web.config import load_config
+    from web.identity import check_exposure
+
+    env = space_app.space_environment(
+        {"OAUTH_CLIENT_ID": "client"}, gpu_gib=None, data_mounted=False
+    )
+    config = load_config([], env)
+    assert config.auth_mode == "hf" and "OMNIPATH_PUBLIC_DEMO" not in env
+    check_exposure(config)
+    demo = space_app.space_environment(
+        {"OAUTH_CLIENT_ID": "client", "OMNIPATH_PUBLIC_DEMO": "true"},
+        gpu_gib=None,
+        data_mounted=False,
+    )
+    assert load_config([], demo).auth_mode == "public-demo"
+
+
+def test_both_spaces_ask_for_hugging_face_sign_in() -> None:
+    for readme in (SPACES_APP.parent / "README.md", SPACES_APP.parent / "zerogpu" / "README.md"):
+        assert "\nhf_oauth: true\n" in readme.read_text().split("---")[1]
+
+
 def test_gpu_duration_grows_with_s_and_new_tokens(space_app) -> None:
     def seconds(options: AnswerOptions) -> int:  # called with answer_on_gpu's arguments
         return space_app.gpu_seconds("slide.tiff", "id", [], "q", options, None, "token", False)

@@ -68,6 +68,7 @@ def test_a_public_address_without_logins_or_public_demo_refuses_to_start(tmp_pat
     with pytest.raises(ConfigError, match="--public-demo"):
         check_exposure(WebConfig(host="0.0.0.0"))
     check_exposure(WebConfig(host="0.0.0.0", public_demo=True))
+    check_exposure(WebConfig(host="0.0.0.0", auth="hf"))
     check_exposure(WebConfig(host="127.0.0.1"))
     check_exposure(WebConfig(host="::1"))
     done = subprocess.run(
@@ -90,7 +91,12 @@ def test_config_names_the_mode_and_refuses_contradictions(tmp_path: Path) -> Non
     assert load_config([], {}).auth_mode == "none"
     assert load_config(["--auth-file", str(users)], {}).auth_mode == "users"
     assert load_config([], {"OMNIPATH_PUBLIC_DEMO": "true"}).auth_mode == "public-demo"
+    assert load_config(["--auth", "hf"], {}).auth_mode == "hf"
+    assert load_config([], {"OMNIPATH_AUTH": "hf"}).auth_mode == "hf"
     for argv in (
+        ["--auth", "hf", "--auth-file", str(users)],
+        ["--auth", "hf", "--public-demo"],
+        ["--auth", "github"],
         ["--auth", "file"],
         ["--auth", "none", "--auth-file", str(users)],
         ["--auth-file", str(users), "--public-demo"],
@@ -113,6 +119,94 @@ def test_visitor_cookies_are_signed_by_the_server_secret(tmp_path: Path) -> None
     assert identity.visitor_of(forged) is None and identity.visitor_of("") is None
     other = Identity.from_config(WebConfig(data_dir=tmp_path / "other", public_demo=True))
     assert other.visitor_of(cookie) is None
+
+
+# --- Hugging Face sign-in (a Space with hf_oauth: true) -------------------------------------
+
+
+def _oauth_session(username: str, expires_at: float | None = None) -> dict[str, Any]:
+    """What Gradio's /login/callback stores in the session after a Hugging Face sign-in."""
+    info: dict[str, Any] = {"access_token": "t", "userinfo": {"preferred_username": username}}
+    if expires_at is not None:
+        info["expires_at"] = expires_at
+    return {"oauth_info": info}
+
+
+def _request(session: dict[str, Any] | None) -> Any:
+    from starlette.requests import Request
+
+    scope: dict[str, Any] = {"type": "http", "headers": [], "path": "/"}
+    if session is not None:
+        scope["session"] = session
+    return Request(scope)
+
+
+def test_the_owner_of_a_hugging_face_session_is_its_username() -> None:
+    import gradio as gr
+
+    from web.identity import NotSignedInError
+
+    identity = Identity.from_config(WebConfig(auth="hf"))
+    assert identity.owner_of(_request(_oauth_session("alice"))) == "hf:alice"
+    assert identity.owner_of(gr.Request(_request(_oauth_session("bob")))) == "hf:bob"
+    # Not signed in (no session middleware, an empty session, an expired sign-in): nobody.
+    for session in (None, {}, _oauth_session("alice", expires_at=1.0)):
+        assert identity.owner_of(_request(session)) is None
+        with pytest.raises(NotSignedInError, match="Sign in with Hugging Face first"):
+            identity.require_owner(_request(session))
+    assert identity.owner_of(None) is None
+    assert identity.describe().startswith("Hugging Face sign-in")
+
+
+def test_hugging_face_sign_in_adds_the_login_routes_and_opens_tiles_to_the_signed_in(
+    tmp_path: Path, tissue_png, tiny_engine, monkeypatch
+) -> None:
+    """Gradio attaches its OAuth routes for the LoginButton; the same session reaches the tile
+    routes outside Gradio. Fake Space variables; nothing leaves this machine."""
+    import base64
+    import json
+
+    import gradio.oauth
+
+    pytest.importorskip("authlib", reason="gradio[oauth] (authlib) is not installed")
+    itsdangerous = pytest.importorskip("itsdangerous")
+    from starlette.middleware.sessions import SessionMiddleware
+    from starlette.testclient import TestClient
+
+    from storage import Store
+    from web.app import create_app
+    from web.chat_services import build_chat_services
+    from web.upload import upload_slide
+
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/omnipath")
+    for name, value in {
+        "OAUTH_CLIENT_ID": "client",
+        "OAUTH_CLIENT_SECRET": "secret",
+        "OAUTH_SCOPES": "openid profile",
+        "OPENID_PROVIDER_URL": "https://huggingface.invalid",
+    }.items():
+        monkeypatch.setattr(gradio.oauth, name, value)
+    config = WebConfig(
+        model="tiny", host="0.0.0.0", auth="hf", data_dir=tmp_path / "data", sample_slide=False
+    )
+    chat = build_chat_services(config, engine=tiny_engine, store=Store(tmp_path / "log.db"))
+    try:
+        app = create_app(config, chat)
+        paths = {getattr(r, "path", None) for r in chat.identity.gradio_app.routes}
+        assert {"/login/huggingface", "/login/callback", "/logout"} <= paths
+        slide_id = upload_slide(chat, tissue_png[0], owner="hf:alice")["slide_id"]
+        middleware = next(m for m in app.user_middleware if m.cls is SessionMiddleware)
+        signer = itsdangerous.TimestampSigner(middleware.kwargs["secret_key"])
+        data = base64.b64encode(json.dumps(_oauth_session("alice")).encode())
+        cookie = signer.sign(data).decode()
+        client = TestClient(app, base_url="https://testserver")
+        dzi = f"/slides/{slide_id}.dzi"
+        assert client.get(dzi, cookies={"session": cookie}).status_code == 200
+        assert TestClient(app, base_url="https://testserver").get(dzi).status_code == 404
+    finally:
+        chat.web.registry.close()
+        chat.store.close()
 
 
 # --- what each may see, through the handlers --------------------------------------------------

@@ -87,11 +87,23 @@ def hide_gradio_extras(app: FastAPI) -> None:
         app.add_route(path, not_found, methods=["GET", "HEAD"], include_in_schema=False)
 
 
+def share_oauth_session(app: FastAPI, gradio_app: FastAPI) -> None:
+    """Hugging Face sign-in: Gradio attaches its OAuth routes and session middleware to its own
+    app (the UI has a gr.LoginButton); the same middleware, with Gradio's key, goes around the
+    whole server so the routes outside Gradio (tiles, exports) see the signed-in user too."""
+    from starlette.middleware.sessions import SessionMiddleware  # needs itsdangerous
+
+    for middleware in gradio_app.user_middleware:
+        if middleware.cls is SessionMiddleware:
+            app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
+
+
 def create_app(config: WebConfig, services: ChatServices | WebServices | None = None) -> FastAPI:
     """The whole server: tile routes and viewer assets first, then the UI mounted at "/"
     (uploads above max_upload_bytes are refused by Gradio before they are stored). Events
     take only files uploaded to this server (web/upload_guard.py). Who is asking
-    (web/identity.py): logins with --auth-file, a visitor cookie with --public-demo; a
+    (web/identity.py): logins with --auth-file, Hugging Face sign-in with --auth hf, a visitor
+    cookie with --public-demo; a
     non-loopback address needs one of them (ConfigError otherwise)."""
     check_exposure(config)
     chat = app_services(config, services)
@@ -126,5 +138,7 @@ def create_app(config: WebConfig, services: ChatServices | WebServices | None = 
     identity.gradio_app = next(
         r.app for r in mounted.routes if isinstance(r, Mount) and hasattr(r.app, "tokens")
     )
+    if identity.mode == "hf":
+        share_oauth_session(mounted, identity.gradio_app)
     enable_gradio_upload_check(demo)
     return mounted

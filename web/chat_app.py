@@ -132,6 +132,9 @@ def build_chat_demo(chat: ChatServices) -> gr.Blocks:
         session = gr.State(_session(initial_id, initial_meta))
         gr.Markdown("## OmniPath — ask about a whole-slide image")
         gr.Markdown(banner_markdown(chat.model_banner()), elem_id="omnipath-model-banner")
+        if chat.identity.mode == "hf":  # type: ignore[union-attr]
+            # Hugging Face sign-in; Gradio adds its OAuth routes for this button.
+            gr.LoginButton(elem_id="omnipath-login")
         with gr.Row():
             with gr.Column(scale=3):
                 viewer = build_viewer(viewer_state(initial_id, initial_meta))

@@ -64,8 +64,9 @@ class WebConfig:
     max_queued_questions: int = 64
     # Serve Gradio's API schema (/openapi.json) and queue monitoring summary; both need no login.
     expose_api_docs: bool = False
-    # Who is asking (web/identity.py): "none" (one local user) or "file" (logins from
-    # auth_file); None: "file" when auth_file is given, else "none".
+    # Who is asking (web/identity.py): "none" (one local user), "file" (logins from
+    # auth_file) or "hf" (Hugging Face sign-in on a Space with `hf_oauth: true`); None: "file"
+    # when auth_file is given, else "none".
     auth: str | None = None
     auth_file: Path | None = None
     # Anonymous visitors, each with a private space (a signed cookie); needed to listen on a
@@ -76,7 +77,10 @@ class WebConfig:
 
     @property
     def auth_mode(self) -> str:
-        """The mode: "users" (logins), "public-demo" (anonymous private spaces) or "none"."""
+        """The mode: "users" (logins), "hf" (Hugging Face sign-in), "public-demo" (anonymous
+        private spaces) or "none"."""
+        if self.auth == "hf":
+            return "hf"
         if self.auth_file is not None:
             return "users"
         return "public-demo" if self.public_demo else "none"
@@ -122,7 +126,8 @@ _SETTINGS: dict[str, str | None] = {
     "max_concurrent_answers": None,
     "max_queued_questions": "requests waiting their turn before more are refused (default 64)",
     "expose_api_docs": "serve Gradio's /openapi.json and /monitoring pages (they need no login)",
-    "auth": "none (one local user, the default) or file (logins from --auth-file)",
+    "auth": "none (one local user, the default), file (logins from --auth-file) or hf "
+    "(Hugging Face sign-in on a Space with hf_oauth: true)",
     "auth_file": "users.toml of `python -m web.users`: users log in and see only their own data",
     "public_demo": "anonymous visitors, each with a private space (a signed cookie)",
     "anonymous_keep_days": "days a public demo visitor's space lasts (default 7)",
@@ -200,12 +205,18 @@ def _validate(config: WebConfig) -> WebConfig:
         raise ConfigError(
             "At least one request must be allowed to wait its turn (max_queued_questions >= 1)."
         )
-    if config.auth not in (None, "none", "file"):
-        raise ConfigError(f"The auth mode must be none or file, not {config.auth!r}.")
+    if config.auth not in (None, "none", "file", "hf"):
+        raise ConfigError(f"The auth mode must be none, file or hf, not {config.auth!r}.")
     if config.auth == "file" and config.auth_file is None:
         raise ConfigError("--auth file needs --auth-file users.toml (python -m web.users add).")
     if config.auth == "none" and config.auth_file is not None:
         raise ConfigError("--auth none and --auth-file contradict each other; choose one.")
+    if config.auth == "hf" and config.auth_file is not None:
+        raise ConfigError("--auth hf and --auth-file contradict each other; choose one.")
+    if config.auth == "hf" and config.public_demo:
+        raise ConfigError(
+            "--public-demo is for anonymous visitors; it cannot go with Hugging Face sign-in."
+        )
     if config.auth_file is not None and config.public_demo:
         raise ConfigError("--public-demo is for anonymous visitors; it cannot go with logins.")
     if config.auth_file is not None and not Path(config.auth_file).is_file():

@@ -3,6 +3,8 @@
 - "none" (`--auth none`, the default on 127.0.0.1): one local user, owner "local".
 - "users" (`--auth-file users.toml`): Gradio's login page; passwords are bcrypt hashes kept by
   `python -m web.users`. Owner "user:<name>".
+- "hf" (`--auth hf`, a Space with `hf_oauth: true`): Hugging Face sign-in through Gradio's
+  gr.LoginButton; owner "hf:<username>", the username of gr.OAuthProfile.
 - "public-demo" (`--public-demo`): anonymous visitors, each with a private space tied to a
   signed cookie (never to the IP address). Owner "anon:<random id>".
 
@@ -30,6 +32,7 @@ from web.config import ConfigError, WebConfig
 VISITOR_COOKIE = "omnipath_visitor"
 # The owner name of a public demo visitor starts with this (their spaces expire).
 VISITOR_PREFIX = "anon:"
+HF_PREFIX = "hf:"
 SECRET_FILE = "secret.key"
 _VISITOR_ID_BYTES = 16
 
@@ -96,6 +99,7 @@ class Identity:
         return {
             "none": "One local user (no login).",
             "users": "Signed-in users; each sees only their own slides and conversations.",
+            "hf": "Hugging Face sign-in; each user sees only their own slides and conversations.",
             "public-demo": "Public demo: each visitor has a private space, kept for a while.",
         }[self.mode]
 
@@ -130,6 +134,9 @@ class Identity:
         if self.mode == "public-demo":
             visitor = self.visitor_of(_cookie(cookies, VISITOR_COOKIE))
             return None if visitor is None else f"{VISITOR_PREFIX}{visitor}"
+        if self.mode == "hf":
+            profile = hf_profile(request)
+            return None if profile is None else f"{HF_PREFIX}{profile.username}"
         name = getattr(request, "username", None) or self._logged_in(cookies)
         return None if not name else f"user:{name}"
 
@@ -137,7 +144,11 @@ class Identity:
         """owner_of(), or NotSignedInError with a sentence when there is nobody."""
         owner = self.owner_of(request)
         if owner is None:
-            raise NotSignedInError("Sign in first (reload the page).")
+            raise NotSignedInError(
+                "Sign in with Hugging Face first (the Sign in button at the top of the page)."
+                if self.mode == "hf"
+                else "Sign in first (reload the page)."
+            )
         return owner
 
     def _logged_in(self, cookies: Any) -> str | None:
@@ -156,6 +167,20 @@ class Identity:
         from web.users import verify
 
         return self.users_file is not None and verify(self.users_file, username, password)
+
+
+def hf_profile(request: Any) -> Any:
+    """The gr.OAuthProfile Gradio would give a handler of this request (a gr.Request or a
+    Starlette request), from the OAuth session; None when nobody is signed in or the sign-in
+    expired."""
+    from gradio import oauth
+    from gradio.helpers import _session_from_request
+
+    info = oauth._get_valid_oauth_info_from_session(_session_from_request(request))
+    userinfo = (info or {}).get("userinfo") or {}
+    if not userinfo.get("preferred_username"):
+        return None
+    return oauth.OAuthProfile({"name": "", "profile": "", "picture": "", **userinfo})
 
 
 def _cookie(cookies: Any, name: str) -> str | None:
