@@ -163,6 +163,9 @@ class Store:
         # Called, after the commit, with the ids of slides that lost their last grant (see
         # delete_conversation): the web layer deletes their stored files (web/slide_files.py).
         self.on_unheld: Callable[[list[str]], None] | None = None
+        # Counts the commits that removed slide grants in this process, so that caches of who
+        # may see a slide (web/access.py) know when to forget.
+        self.grants_dropped = 0
         self.engine = create_database_engine(self.url)
         if migrate:
             upgrade_to_head(self.engine)
@@ -737,6 +740,8 @@ class Store:
         self._report_unheld(unheld)
 
     def _report_unheld(self, slide_ids: list[str]) -> None:
+        """After a commit that removed grants: count it, and report the slides nobody holds."""
+        self.grants_dropped += 1
         if slide_ids and self.on_unheld is not None:
             self.on_unheld(slide_ids)
 

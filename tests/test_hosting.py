@@ -180,6 +180,9 @@ def test_hugging_face_sign_in_adds_the_login_routes_and_opens_tiles_to_the_signe
 
     monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("SPACE_ID", "someone/omnipath")
+    # On a Space Gradio wraps handlers with the `spaces` package; here `import spaces` finds
+    # this repository's spaces/ folder instead (a namespace package), so no wrapping.
+    monkeypatch.setattr("gradio.block_function.spaces", None)
     for name, value in {
         "OAUTH_CLIENT_ID": "client",
         "OAUTH_CLIENT_SECRET": "secret",

@@ -290,6 +290,24 @@ def test_a_file_someone_else_holds_stays_and_still_serves_tiles(services, synthe
     assert _gone(services, slide_id)
 
 
+def test_a_remembered_grant_is_forgotten_once_it_goes(services, synthetic_slide) -> None:
+    """The tile routes remember who may see a slide; a deleted grant must not stay open."""
+    from types import SimpleNamespace
+
+    from web import handlers
+    from web.access import SlideAccess
+
+    alice = _upload(services, synthetic_slide, "user:alice")
+    _upload(services, synthetic_slide, "user:bob")  # bob keeps the file alive
+    slide_id = alice["slide_id"]
+    services.identity = SimpleNamespace(owner_of=lambda request: request.owner)
+    access = SlideAccess(services)
+    as_alice = SimpleNamespace(owner="user:alice", query_params={}, headers={}, cookies={})
+    assert access.may_see(as_alice, slide_id) and access.may_see(as_alice, slide_id)
+    handlers.delete_conversation(services, alice["conversation_id"], owner="user:alice")
+    assert not access.may_see(as_alice, slide_id)
+
+
 def test_the_slide_opened_at_start_is_never_deleted(services, synthetic_slide) -> None:
     from web import handlers
 

@@ -38,6 +38,7 @@ class SlideAccess:
     def __init__(self, chat: ChatServices) -> None:
         self.chat = chat
         self._granted: set[tuple[str, str]] = set()
+        self._version = chat.store.grants_dropped
         self._lock = threading.Lock()
 
     def may_see(self, request: Any, slide_id: str) -> bool:
@@ -50,6 +51,9 @@ class SlideAccess:
             return True
         key = (owner, slide_id)
         with self._lock:
+            if self._version != self.chat.store.grants_dropped:  # a grant went: forget all
+                self._granted.clear()
+                self._version = self.chat.store.grants_dropped
             if key in self._granted:
                 return True
         if not self.chat.store.may_see_slide(slide_id, owner):
