@@ -745,6 +745,15 @@ class Store:
         if slide_ids and self.on_unheld is not None:
             self.on_unheld(slide_ids)
 
+    def unheld_stored_slides(self) -> list[str]:
+        """Slides that still have a stored file but no grant: left by a purge that ran outside
+        the server (`python -m storage.owners purge`); the server deletes their files at start."""
+        with self._transaction(write=False) as session:
+            held = select(SlideGrant.slide_id).where(SlideGrant.slide_id == Slide.id).exists()
+            return list(
+                session.scalars(select(Slide.id).where(Slide.stored_path.is_not(None), ~held))
+            )
+
     def drop_stored_path(self, slide_id: str) -> str | None:
         """When nobody holds the slide any more: clears its `stored_path` (the row stays, with
         its metadata, for the conversations that name it) and returns the old path, for the

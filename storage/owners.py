@@ -53,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{len(paths)} conversation(s) of {args.owner} written to {args.folder}.")
             else:
                 count = store.purge_owner(args.owner)
-                print(f"{count} conversation(s) of {args.owner} deleted, with their slide grants.")
+                print(
+                    f"{count} conversation(s) of {args.owner} deleted, with their slide grants; "
+                    "the server deletes the slide files nobody holds any more when it next starts."
+                )
     except OmniPathError as exc:
         print(exc.message, file=sys.stderr)
         return 2

@@ -318,6 +318,32 @@ def test_the_slide_opened_at_start_is_never_deleted(services, synthetic_slide) -
     assert services.web.tiles.tile(result["slide_id"], 0, 0, 0, "jpeg")
 
 
+def test_an_offline_purge_leaves_files_the_next_start_deletes(
+    services, synthetic_slide, tmp_path: Path, capsys
+) -> None:
+    """`python -m storage.owners purge` runs beside (or without) the server: the grants go at
+    once, and the files nobody holds go when the app next starts."""
+    from storage.owners import main as owners
+    from web.app import app_services
+
+    slide_id = _upload(services, synthetic_slide, "anon:gone")["slide_id"]
+    assert (
+        owners(
+            [
+                "--database-url",
+                services.store.url.render_as_string(hide_password=False),
+                "purge",
+                "anon:gone",
+            ]
+        )
+        == 0
+    )
+    assert "next starts" in capsys.readouterr().out
+    assert not _gone(services, slide_id) and services.store.unheld_stored_slides() == [slide_id]
+    restarted = app_services(services.settings, services)
+    assert _gone(restarted, slide_id) and services.store.unheld_stored_slides() == []
+
+
 def test_purging_an_owner_deletes_the_files_nobody_else_holds(
     services, synthetic_slide, tmp_path: Path
 ) -> None:

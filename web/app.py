@@ -22,6 +22,7 @@ from web.config import WebConfig
 from web.identity import VisitorCookie, check_exposure
 from web.services import WebServices, build_services, register_initial_slide
 from web.share import share_router
+from web.slide_files import release_unheld
 from web.tile_routes import TileCacheFastPath, tile_router
 from web.upload_guard import UploadGuard, enable_gradio_upload_check
 from web.viewer_component import mount_viewer_assets
@@ -45,13 +46,15 @@ def app_services(
     built around them), or None (all built from `config`). The slide to show at start
     (--slide or the sample slide, generated on first start) is registered either way, and
     answers left in progress by a crash are marked interrupted (their text kept; Retry
-    answers again)."""
+    answers again), and uploaded files nobody holds any more (an operator's purge while the
+    server was down) are deleted."""
     if isinstance(services, ChatServices):
         chat = services
     else:
         web = build_services(config) if services is None else services
         chat = build_chat_services(config, web=web)
     register_initial_slide(chat.web, config)
+    release_unheld(chat, chat.store.unheld_stored_slides())  # an offline purge's files
     interrupted = chat.store.interrupt_answers_in_progress()
     if interrupted:
         log.warning(
