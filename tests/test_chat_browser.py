@@ -299,3 +299,48 @@ def test_start_slide_undo_new_slide_and_reopen(server_with_slide, browser, tmp_p
     wait_for(driver, f"return window.omnipathViewer.instance.dziUrl === '{first_url}';")
     wait_for(driver, "return document.querySelectorAll('.ov-overlay-regions').length === 8;")
     assert "Where is the lesion?" in driver.find_element("css selector", "#omnipath-chat").text
+
+
+def test_delete_this_conversation_deletes_it_from_the_log(server, browser, tmp_path) -> None:
+    """The "Delete this conversation" button (in the Conversations panel) deletes the open
+    conversation with its turns, and the chat empties."""
+    from omnipath.slide import content_hash
+    from omnipath.synth import write_synthetic_slide
+    from storage.errors import NotFoundError
+
+    url, services = server
+    driver = browser
+    driver.get(url)
+    slide = write_synthetic_slide(tmp_path / "delete.tiff", 1800, 1200, seed=11).path
+    driver.find_element("css selector", "#omnipath-upload input[type=file]").send_keys(str(slide))
+    wait_for(
+        driver,
+        f"return window.omnipathViewer.instance.dziUrl === '/slides/{content_hash(slide)}.dzi';",
+    )
+    wait_for(driver, SLIDE_LOADED)
+    _ask_in_page(driver, services, "How many lesions are there?", 2)
+    conversation_id = services.store.list_conversations(limit=1)[0]["id"]
+    assert "How many lesions" in _chat_text(driver)
+
+    panel = driver.find_element(
+        "xpath", "//*[contains(@class, 'label-wrap')][.//*[normalize-space()='Conversations']]"
+    )
+    panel.click()
+    delete = wait_for(
+        driver,
+        "return [...document.querySelectorAll('button')]"
+        ".find(b => b.textContent.trim() === 'Delete this conversation' && b.offsetParent);",
+    )
+    delete.click()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            services.store.load_conversation(conversation_id)
+        except NotFoundError:
+            break
+        assert time.monotonic() < deadline, "the conversation was not deleted"
+        time.sleep(0.25)
+    wait_for(
+        driver,
+        "return !document.querySelector('#omnipath-chat').innerText.includes('How many lesions');",
+    )
