@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -451,3 +452,43 @@ def test_the_login_page_in_a_browser_refuses_a_wrong_password(logins) -> None:
             name.send_keys("alice")
             secret.send_keys(password, Keys.ENTER)
             wait_for(driver, shown)
+
+
+def test_in_a_browser_bob_neither_lists_nor_loads_alices_conversation_or_tiles(logins) -> None:
+    """Alice asks through the API; Bob, logged in with chromium, finds her conversation
+    neither in his list nor behind her slide's tile URLs (the 404 of a missing slide)."""
+    from gradio_client import Client, handle_file
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.live_server import headless_chromium, wait_for
+
+    url, folder = logins["url"], logins["folder"]
+    as_alice = Client(url, auth=("alice", PASSWORDS["alice"]), verbose=False)
+    mine = as_alice.predict(handle_file(str(_png(folder, (40, 90, 200)))), api_name="/upload")
+    asked = list(as_alice.submit(mine["conversation_id"], "Alice's private case?", api_name="/ask"))
+    assert asked and asked[-1]["done"]
+    with headless_chromium(1200, 900) as driver:
+        driver.get(url)
+        wait_for(driver, "return document.querySelectorAll('input[type=password]').length === 1;")
+        name, secret = driver.find_elements(By.CSS_SELECTOR, "input")[:2]
+        name.send_keys("bob")
+        secret.send_keys(PASSWORDS["bob"], Keys.ENTER)
+        wait_for(driver, "return !!document.getElementById('omnipath-model-banner');")
+        driver.find_element(
+            "xpath", "//*[contains(@class, 'label-wrap')][.//*[normalize-space()='Conversations']]"
+        ).click()
+        listed = wait_for(driver, "return document.querySelector('#omnipath-conversations input');")
+        listed.click()  # opens the dropdown's options
+        time.sleep(1)
+        assert "Alice's private case" not in driver.find_element(By.TAG_NAME, "body").text
+        statuses = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "Promise.all(arguments[0].map(p => fetch(p).then(r => r.status))).then(done);",
+            [
+                f"slides/{mine['slide_id']}.dzi",
+                f"slides/{mine['slide_id']}_files/0/0_0.jpeg",
+                f"slides/{'e' * 64}.dzi",
+            ],
+        )
+        assert statuses == [404, 404, 404]
