@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from storage.contours import bitmap_polygons
-from storage.log import Store, iso
+from storage.log import Store
 from storage.models import LOCAL_OWNER
 from storage.overlays import Overlays, mask_bitmap
+from storage.rows import iso
 
 EXPORT_FORMAT = "omnipath.conversation"
 EXPORT_VERSION = 1

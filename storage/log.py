@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -23,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from omnipath.errors import echo
-from omnipath.facts import PGDFC_MODES, is_slide_id
+from omnipath.facts import is_slide_id
 from storage import shapes
 from storage.db import (
     create_database_engine,
@@ -36,7 +35,6 @@ from storage.errors import DatabaseError, InvalidRecordError, NotFoundError
 from storage.models import (
     FEEDBACK_VALUES,
     LOCAL_OWNER,
-    ROLES,
     Conversation,
     Feedback,
     Mask,
@@ -46,99 +44,20 @@ from storage.models import (
     Turn,
     utcnow,
 )
+from storage.rows import (
+    add_masks,
+    answer_fields,
+    clean_text,
+    conversation_summary,
+    new_id,
+    optional_text,
+    slide_dict,
+    title_from,
+    turn_dict,
+    turn_row,
+)
 
 log = logging.getLogger(__name__)
-
-TITLE_CHARS = 80
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _title_from(text: str) -> str:
-    line = " ".join(text.split())
-    if len(line) <= TITLE_CHARS:
-        return line
-    return line[: TITLE_CHARS - 1].rstrip() + "…"
-
-
-def _slide_dict(slide: Slide) -> dict[str, Any]:
-    return {
-        "id": slide.id,
-        "size_bytes": slide.size_bytes,
-        "vendor": slide.vendor,
-        "width": slide.width,
-        "height": slide.height,
-        "mpp_x": slide.mpp_x,
-        "mpp_y": slide.mpp_y,
-        "objective_power": slide.objective_power,
-        "file_name": slide.file_name,
-        "stored_path": slide.stored_path,
-        "created_at": slide.created_at,
-    }
-
-
-def _mask_dict(mask: Mask) -> dict[str, Any]:
-    return {
-        "index": mask.index,
-        "l0_rect": [mask.l0_x, mask.l0_y, mask.l0_w, mask.l0_h],
-        "width": mask.width,
-        "height": mask.height,
-        "label": mask.label,
-        "png": mask.png,
-    }
-
-
-def _turn_dict(turn: Turn) -> dict[str, Any]:
-    feedback = [
-        {"value": f.value, "comment": f.comment, "created_at": f.created_at} for f in turn.feedback
-    ]
-    return {
-        "id": turn.id,
-        "conversation_id": turn.conversation_id,
-        "index": turn.index,
-        "role": turn.role,
-        "text": turn.text,
-        "pgdfc_mode": turn.pgdfc_mode,
-        "s": turn.s,
-        "regions": list(turn.regions or []),
-        "boxes": list(turn.boxes or []),
-        "masks": [_mask_dict(m) for m in turn.masks],
-        "timings": dict(turn.timings or {}),
-        "tokens": dict(turn.tokens or {}),
-        "meta": dict(turn.meta or {}),
-        "model_id": turn.model_id,
-        "revision": turn.revision,
-        "error": turn.error,
-        "status": turn.status,
-        "created_at": turn.created_at,
-        "feedback": feedback,
-        "liked": feedback[-1]["value"] if feedback else None,
-    }
-
-
-def _conversation_summary(conv: Conversation, turn_count: int) -> dict[str, Any]:
-    return {
-        "id": conv.id,
-        "title": conv.title,
-        "slide_id": conv.slide_id,
-        "model_id": conv.model_id,
-        "created_at": conv.created_at,
-        "updated_at": conv.updated_at,
-        "turn_count": turn_count,
-    }
-
-
-def _optional_text(value: Any, what: str, max_chars: int | None = None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidRecordError(f"{what} must be text, not {echo(value)}.")
-    if max_chars is not None and len(value) > max_chars:
-        raise InvalidRecordError(f"{what} is longer than {max_chars} characters.")
-    return value
-
 
 class Store:
     """The session log on one database.
@@ -241,7 +160,7 @@ class Store:
         ):
             optional[name] = None if value is None else shapes._finite(value, f"The slide's {name}")
         path = None if stored_path is None else os.fspath(stored_path)
-        name = _optional_text(file_name, "The file name", 512) if self.log_file_names else None
+        name = optional_text(file_name, "The file name", 512) if self.log_file_names else None
 
         def write() -> None:
             with self._transaction(write=True) as session:
@@ -304,7 +223,7 @@ class Store:
             slide = session.get(Slide, slide_id)
             if slide is None:
                 raise NotFoundError(f"No slide with id {echo(slide_id)} has been recorded.")
-            return _slide_dict(slide)
+            return slide_dict(slide)
 
     # --- conversations ----------------------------------------------------------------
 
@@ -332,8 +251,8 @@ class Store:
         """A new conversation of `owner` about a recorded slide (granted to them now when it
         was not); returns its id (uuid4 hex). The title defaults to the first question (set
         by log_turn). The caller checks that the owner may see the slide."""
-        model_id = _optional_text(model_id, "The model id", 256)
-        title = _title_from(_optional_text(title, "The title") or "")
+        model_id = optional_text(model_id, "The model id", 256)
+        title = title_from(optional_text(title, "The title") or "")
         with self._transaction(write=True) as session:
             if session.get(Slide, slide_id) is None:
                 raise NotFoundError(
@@ -342,7 +261,7 @@ class Store:
                 )
             _grant(session, slide_id, owner)
             conv = Conversation(
-                id=_new_id(), slide_id=slide_id, model_id=model_id, title=title, owner=owner
+                id=new_id(), slide_id=slide_id, model_id=model_id, title=title, owner=owner
             )
             session.add(conv)
             return conv.id
@@ -385,7 +304,7 @@ class Store:
         if slide_id is not None:
             query = query.where(Conversation.slide_id == slide_id)
         with self._transaction(write=False) as session:
-            return [_conversation_summary(c, int(n)) for c, n in session.execute(query).all()]
+            return [conversation_summary(c, int(n)) for c, n in session.execute(query).all()]
 
     def load_conversation(
         self, conversation_id: str, *, owner: str = LOCAL_OWNER
@@ -493,7 +412,7 @@ class Store:
         whatever text was produced). Shapes: see storage.shapes (regions, boxes, masks
         in level-0 pixels). The turn and its masks are written in one transaction.
         """
-        row, mask_records = _turn_row(
+        row, mask_records = turn_row(
             role, text, pgdfc_mode=pgdfc_mode, s=s, regions=regions, boxes=boxes, masks=masks,
             timings=timings, tokens=tokens, model_id=model_id, revision=revision, error=error,
             meta=meta,
@@ -509,16 +428,16 @@ class Store:
         row: dict[str, Any],
         mask_records: Sequence[shapes.MaskRecord] = (),
     ) -> Turn:
-        """Adds a turn (a _turn_row) with its masks at the end of the locked conversation."""
+        """Adds a turn (a turn_row) with its masks at the end of the locked conversation."""
         last = session.scalar(select(func.max(Turn.index)).where(Turn.conversation_id == conv.id))
         turn = Turn(
-            id=_new_id(), conversation_id=conv.id, index=0 if last is None else last + 1, **row
+            id=new_id(), conversation_id=conv.id, index=0 if last is None else last + 1, **row
         )
         session.add(turn)
         session.flush()
-        _add_masks(session, turn.id, mask_records)
+        add_masks(session, turn.id, mask_records)
         if not conv.title and row["role"] == "user" and row["text"].strip():
-            conv.title = _title_from(row["text"])
+            conv.title = title_from(row["text"])
         conv.updated_at = utcnow()
         return turn
 
@@ -535,7 +454,7 @@ class Store:
         regions, boxes, masks, timings, tokens, model_id, revision, error; its
         `stopped` / `timed_out` flags go into meta."""
         return self.log_turn(
-            conversation_id, "assistant", pgdfc_mode=pgdfc_mode, s=s, **_answer_fields(answer, meta)
+            conversation_id, "assistant", pgdfc_mode=pgdfc_mode, s=s, **answer_fields(answer, meta)
         )
 
     # --- an answer written as it is generated ----------------------------------------
@@ -564,13 +483,13 @@ class Store:
         """
         if (question is None) == (retry_of is None):
             raise InvalidRecordError("Give either a question or the question to retry.")
-        answer_row, _ = _turn_row(
+        answer_row, _ = turn_row(
             "assistant", "", pgdfc_mode=pgdfc_mode, s=s, model_id=model_id, meta=meta
         )
         answer_row["status"] = "in_progress"
         question_row = None
         if question is not None:
-            question_row, _ = _turn_row(
+            question_row, _ = turn_row(
                 "user", question, pgdfc_mode=pgdfc_mode, s=s, meta=question_meta
             )
         with self._transaction(write=True) as session:
@@ -598,7 +517,7 @@ class Store:
                 update(Turn)
                 # "interrupted" too: another replica's start may have marked a live answer
                 .where(Turn.id == turn_id, Turn.status.in_(("in_progress", "interrupted")))
-                .values(text=_clean(text))
+                .values(text=clean_text(text))
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount > 0
@@ -608,15 +527,15 @@ class Store:
     ) -> None:
         """Completes an answer begun by begin_answer() with the engine's Answer (mapped as
         log_answer() does; `meta` is added to the turn's meta): status "done"."""
-        fields = _answer_fields(answer, meta)
-        row, mask_records = _turn_row("assistant", **fields)
+        fields = answer_fields(answer, meta)
+        row, mask_records = turn_row("assistant", **fields)
         del row["role"], row["pgdfc_mode"], row["s"]  # set by begin_answer
         self._complete(turn_id, {**row, "status": "done"}, mask_records)
 
     def fail_answer(self, turn_id: str, text: str, error: str) -> None:
         """Completes an answer begun by begin_answer() that failed: the text generated
         until then and the error (a sentence for a person); status "failed"."""
-        row, _ = _turn_row("assistant", text, error=error)
+        row, _ = turn_row("assistant", text, error=error)
         self._complete(turn_id, {"text": row["text"], "error": row["error"], "status": "failed"})
 
     def _complete(
@@ -644,7 +563,7 @@ class Store:
             for name, value in values.items():
                 setattr(turn, name, value)
             session.execute(delete(Mask).where(Mask.turn_id == turn_id))
-            _add_masks(session, turn_id, mask_records)
+            add_masks(session, turn_id, mask_records)
             conv.updated_at = utcnow()
 
     def interrupt_answers_in_progress(self) -> int:
@@ -673,7 +592,7 @@ class Store:
             turn = session.execute(query).scalar_one_or_none()
             if turn is None:
                 raise NotFoundError(f"No turn with id {echo(turn_id)} exists.")
-            return _turn_dict(turn)
+            return turn_dict(turn)
 
     def _last_user_turn(self, session: Session, conversation_id: str) -> Turn | None:
         return session.scalars(
@@ -823,7 +742,7 @@ class Store:
             value = "like" if value else "dislike"
         if value not in FEEDBACK_VALUES:
             raise InvalidRecordError(f"Feedback must be 'like' or 'dislike', not {echo(value)}.")
-        comment = _optional_text(comment, "The feedback comment", 10_000)
+        comment = optional_text(comment, "The feedback comment", 10_000)
         with self._transaction(write=True) as session:
             if session.get(Turn, turn_id) is None:
                 raise NotFoundError(f"No turn with id {echo(turn_id)} exists to give feedback on.")
@@ -833,10 +752,6 @@ class Store:
             return row.id
 
 
-# The keywords of Store.log_turn after role and text.
-_TURN_FIELDS = frozenset(
-    "pgdfc_mode s regions boxes masks timings tokens model_id revision error meta".split()
-)
 
 
 # Bytes of randomness in a share link's token (32 URL-safe characters).
@@ -872,9 +787,9 @@ def _full_conversation(session: Session, conversation_id: str, owner: str) -> di
     conv = session.execute(query).scalar_one_or_none()
     if conv is None:
         return None
-    out = _conversation_summary(conv, len(conv.turns))
-    out["slide"] = _slide_dict(conv.slide)
-    out["turns"] = [_turn_dict(t) for t in conv.turns]
+    out = conversation_summary(conv, len(conv.turns))
+    out["slide"] = slide_dict(conv.slide)
+    out["turns"] = [turn_dict(t) for t in conv.turns]
     return out
 
 
@@ -906,96 +821,3 @@ def _grant(session: Session, slide_id: str, owner: str) -> None:
     if session.get(SlideGrant, (slide_id, owner)) is None:
         session.add(SlideGrant(slide_id=slide_id, owner=owner))
 
-
-def _clean(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; a stray one from a model must not lose the turn.
-    return text.replace("\x00", "")
-
-
-def _turn_row(
-    role: str, text: str, **fields: Any
-) -> tuple[dict[str, Any], list[shapes.MaskRecord]]:
-    """A turn's column values and mask records, checked (InvalidRecordError) before any
-    write; status "done". `fields`: Store.log_turn's keywords (absent ones are None)."""
-    unknown = set(fields) - _TURN_FIELDS
-    if unknown:
-        raise TypeError(f"unknown turn fields: {sorted(unknown)}")
-    get = fields.get
-    pgdfc_mode, s, error = get("pgdfc_mode"), get("s"), get("error")
-    if role not in ROLES:
-        raise InvalidRecordError(f"A turn's role must be 'user' or 'assistant', not {echo(role)}.")
-    if not isinstance(text, str):
-        raise InvalidRecordError(f"A turn's text must be text, not {type(text).__name__}.")
-    if pgdfc_mode is not None and pgdfc_mode not in PGDFC_MODES:
-        raise InvalidRecordError(
-            f"PGDFC mode must be one of {', '.join(PGDFC_MODES)}, not {echo(pgdfc_mode)}."
-        )
-    if s is not None and (not shapes._is_int(s) or s < 0):
-        raise InvalidRecordError(f"S (detail patches) must be an integer ≥ 0, not {echo(s)}.")
-    row = {
-        "role": role,
-        "text": _clean(text),
-        "pgdfc_mode": pgdfc_mode,
-        "s": None if s is None else int(s),
-        "regions": shapes.regions(get("regions")),
-        "boxes": shapes.boxes(get("boxes")),
-        "timings": shapes.number_map(get("timings"), "timings", integers=False),
-        "tokens": shapes.number_map(get("tokens"), "tokens", integers=True),
-        "meta": shapes.json_safe(dict(get("meta") or {}), "meta"),
-        "model_id": _optional_text(get("model_id"), "The model id", 256),
-        "revision": _optional_text(get("revision"), "The model revision", 128),
-        "error": None if error is None else _clean(_optional_text(error, "The error")),
-        "status": "done",
-    }
-    return row, shapes.masks(get("masks"))
-
-
-def _answer_fields(answer: Any, meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """_turn_row() arguments from an engine Answer (the object or its to_dict()); its
-    `stopped` / `timed_out` flags go into meta."""
-    if hasattr(answer, "to_dict"):
-        answer = answer.to_dict()  # the engine's JSON form: a probe score it lacks is None
-    get = shapes._get
-    extra = dict(meta or {})
-    for flag in ("stopped", "timed_out"):
-        if get(answer, flag) is not None:
-            extra[flag] = bool(get(answer, flag))
-    return {
-        "text": get(answer, "text", "") or "",
-        "regions": get(answer, "regions"),
-        "boxes": get(answer, "boxes"),
-        "masks": get(answer, "masks"),
-        "timings": get(answer, "timings"),
-        "tokens": get(answer, "tokens"),
-        "model_id": get(answer, "model_id"),
-        "revision": get(answer, "revision"),
-        "error": get(answer, "error"),
-        "meta": extra,
-    }
-
-
-def _add_masks(session: Session, turn_id: str, records: Sequence[shapes.MaskRecord]) -> None:
-    for i, record in enumerate(records):
-        session.add(_mask_row(turn_id, i, record))
-        session.flush()
-
-
-def _mask_row(turn_id: str, index: int, record: shapes.MaskRecord) -> Mask:
-    x, y, w, h = record.l0_rect
-    return Mask(
-        turn_id=turn_id,
-        index=index,
-        l0_x=x,
-        l0_y=y,
-        l0_w=w,
-        l0_h=h,
-        width=record.width,
-        height=record.height,
-        label=record.label,
-        png=record.png,
-    )
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO-8601 text of a UTC timestamp (for JSON)."""
-    return None if value is None else value.isoformat()

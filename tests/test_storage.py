@@ -241,11 +241,11 @@ def test_unknown_ids_raise_not_found_with_a_sentence(store: Store, conversation:
 def test_a_failure_in_the_middle_of_a_turn_leaves_nothing(
     store: Store, conversation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import storage.log
+    import storage.rows
 
     store.log_turn(conversation, "user", "First question")
     before = store.load_conversation(conversation)
-    real_mask_row = storage.log._mask_row
+    real_mask_row = storage.rows.mask_row
     calls = []
 
     def failing_mask_row(*args, **kwargs):
@@ -254,7 +254,7 @@ def test_a_failure_in_the_middle_of_a_turn_leaves_nothing(
             raise RuntimeError("disk full")
         return real_mask_row(*args, **kwargs)
 
-    monkeypatch.setattr(storage.log, "_mask_row", failing_mask_row)
+    monkeypatch.setattr(storage.rows, "mask_row", failing_mask_row)
     bitmap = np.ones((4, 4), bool)
     with pytest.raises(RuntimeError, match="disk full"):
         store.log_turn(
