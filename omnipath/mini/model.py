@@ -1,10 +1,15 @@
 """Building and loading `omnipath-mini`.
 
 Architecture (`mini_config`): the OmniPath layout at demonstration size —
-- SigLIP-shaped tower: 64 px tiles, patch 8 (an 8×8 grid), width 96, 3 layers;
-- UNI-shaped tower (timm ViT with LayerScale): 32 px tiles, patch 8, width 96, 3 layers;
-- scales [1, 2] → a 128 px square thumbnail, N = 64 image tokens; detail patches pooled
-  to P = 4 tokens;
+- SigLIP-shaped tower: 64 px tiles, patch 4 (a 16×16 grid), width 96, 3 layers;
+- UNI-shaped tower (timm ViT with LayerScale): 32 px tiles, patch 4 (8×8, resampled to
+  16×16), width 96, 3 layers;
+- scales [1, 2] → a 128 px square thumbnail, N = 256 image tokens; detail patches (64 px at
+  20×) pooled to P = 4 tokens; boxes written with 2 decimals. v3 has a 16×16 grid (v2: 8×8)
+  because PGDFC ranks grid cells: on an 8×8 grid a synthetic slide has ~28 tissue cells,
+  so S = 8 perfect picks could put at most 28/8 = 3.5× as many tiles on a lesion as random
+  picks do; 16×16 cells are finer than the lesions, and the read (128 level-0 px) is half a
+  cell instead of a quarter.
 - the 2-layer GELU projector; a small ResNet mask encoder and a SAM-style decoder (width 64);
 - the LM: SmolLM2-135M-Instruct (de-quantized from its Q4_1 GGUF), `<image>` and `<mask>`
   added to its vocabulary (ids 49152, 49153).
@@ -39,11 +44,11 @@ def mini_config(text_config, *, image_token_id: int, mask_token_id: int):
         num_hidden_layers=3,
         num_attention_heads=4,
         image_size=64,
-        patch_size=8,
+        patch_size=4,
         vision_use_head=False,
     )
     uni = OmniPathUniConfig(
-        image_size=32, patch_size=8, embed_dim=96, depth=3, num_heads=4, mlp_ratio=2.0
+        image_size=32, patch_size=4, embed_dim=96, depth=3, num_heads=4, mlp_ratio=2.0
     )
     mask = OmniPathMaskConfig(
         encoder_layers=[1, 1, 1, 1],
@@ -65,6 +70,7 @@ def mini_config(text_config, *, image_token_id: int, mask_token_id: int):
         scale_factors=[1, 2],
         image_token_id=image_token_id,
         mask_token_id=mask_token_id,
+        box_decimals=2,
     )
 
 

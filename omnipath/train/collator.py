@@ -69,6 +69,7 @@ class ConversationCollator:
         pieces: list[tuple[str, bool]] = []
         probe_piece = None
         done = ""
+        last_answer = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
@@ -90,7 +91,7 @@ class ConversationCollator:
                     probe_piece = len(pieces) - 1
                     context = context[cut:]
             pieces.append((context, False))
-            pieces.append((full[len(prompt) :], True))
+            pieces.append((full[len(prompt) :], i == last_answer or not record.last_answer_only))
             done = full
         return pieces, probe_piece
 
@@ -159,12 +160,12 @@ class ConversationCollator:
 
     def _attention_target(self, example: Example) -> torch.Tensor:
         """The `attend` map on the thumbnail's token grid (g×g cells, raster order, as the
-        image tokens): 1 where a cell is at least 10 % covered, else 0; all 0 without one."""
+        image tokens): the fraction of each cell it covers; all 0 without one."""
         grid = round(self.num_image_tokens**0.5)
         if example.attend is None or grid * grid != self.num_image_tokens:
             return torch.zeros(self.num_image_tokens)
         cells = torch.nn.functional.adaptive_avg_pool2d(example.attend[None], grid)
-        return (cells.reshape(-1) >= 0.1).float()
+        return cells.reshape(-1).float()
 
     def prompt(self, example: Example) -> dict:
         """Model inputs (batch of one) for generating the example's FINAL answer: the chat up

@@ -17,8 +17,9 @@ Paths inside a record are relative to the dataset file's folder. One record:
          "masks": ["masks/slide3_l0.png"]}
       ],
       "task": "grade",                              # free-form, used for reporting only
-      "attend": "masks/slide3_lesions.png"          # optional: where PGDFC's probe should look
-    }
+      "attend": "masks/slide3_lesions.png",         # optional: where PGDFC's probe should look
+      "labels": "all"                               # optional: "last" = train on the last
+    }                                               #   answer only (earlier ones are history)
 
 - `<image>` appears once, in the first human turn: the thumbnail. Detail patches are
   appended to the LAST human turn (the question they were read for), each as its position
@@ -93,6 +94,8 @@ class Record:
     details: tuple[DetailRef, ...] = ()
     task: str = ""
     attend: Path | None = None
+    # Only the last answer is a label (a follow-up whose earlier answers are history).
+    last_answer_only: bool = False
 
 
 @dataclass
@@ -166,6 +169,9 @@ def parse_record(raw: dict, root: Path, where: str = "record") -> Record:
     attend = raw.get("attend")
     if attend is not None and not isinstance(attend, str):
         raise DatasetError(f"{where}: 'attend' must be the path of a mask file.")
+    labels = raw.get("labels", "all")
+    if labels not in ("all", "last"):
+        raise DatasetError(f"{where}: 'labels' must be \"all\" or \"last\" (answers trained on).")
     return Record(
         id=rid,
         turns=tuple(turns),
@@ -175,6 +181,7 @@ def parse_record(raw: dict, root: Path, where: str = "record") -> Record:
         details=details,
         task=str(raw.get("task", "")),
         attend=root / attend if attend is not None else None,
+        last_answer_only=labels == "last",
     )
 
 

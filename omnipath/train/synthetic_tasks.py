@@ -51,10 +51,22 @@ from omnipath.train.nuclei import nucleus_boxes
 SPLITS = ("train", "val", "test")
 # A cell is tissue when this fraction of it is (the engine's background_threshold default).
 TISSUE_THRESHOLD = 0.2
-TASKS = ("grade", "detect", "segment", "refer", "count", "kind", "nuclei", "patch_grade")
-# patch_grade is opt-in: it did not teach omnipath-mini's small towers the grade (see the
-# model card), and it adds a third of the training steps.
-DEFAULT_TASKS = tuple(task for task in TASKS if task != "patch_grade")
+TASKS = (
+    "grade",
+    "detect",
+    "segment",
+    "refer",
+    "count",
+    "kind",
+    "nuclei",
+    "patch_grade",
+    "followup",
+    "describe",
+)
+# Opt-in: patch_grade did not teach omnipath-mini v2's small towers the grade (its model
+# card); followup and describe are the multi-turn and caption records of mini v3's stages.
+OPT_IN_TASKS = ("patch_grade", "followup", "describe")
+DEFAULT_TASKS = tuple(task for task in TASKS if task not in OPT_IN_TASKS)
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,13 @@ class SyntheticSetConfig:
     thumb_side: int = 128
     grid: int = 8
     detail_magnification: float = 20.0
+    # What the model's encoder consumes per detail patch (`model.detail_side`, the engine's
+    # `encoder_side`): with the magnification it sets the field of view of a detail read.
+    detail_side: int = 64
     detail_patches: int = 4  # S per training sample (the engine's S may be larger)
+    box_decimals: int = 3  # as the model's OmniPathConfig.box_decimals
+    probe_ranked: bool = False  # detail cells as a good probe ranks them (`details`)
+    followups_per_slide: int = 1  # followup conversations (each turn a record)
     context_fraction: float = 0.25
     nucleus_patch_side: int = 64  # output pixels at the detail magnification
     max_nuclei: int = 6
@@ -104,7 +122,7 @@ def slide_seed(seed: int, index: int) -> int:
 # --- pixels -------------------------------------------------------------------------------
 
 
-def _cell_fractions(
+def cell_fractions(
     label_map: Image.Image, frame: ThumbFrame, grid: int, values: set[int]
 ) -> np.ndarray:
     """grid×grid fraction of each thumb-frame cell whose label is in `values` (padding = 0)."""
@@ -127,6 +145,7 @@ _GRADE_Q = (
 _DETECT_Q = ("Find every lesion and give its box.", "Detect the lesions on this slide.")
 _SEGMENT_Q = ("Segment the {kind} lesion at {box}.", "Outline the {kind} at {box}.")
 _COUNT_Q = ("How many lesions are on this slide?", "Count the lesions.")
+_DESCRIBE_Q = ("Describe this slide.", "What do you see on this slide?")
 _KIND_Q = ("What kind of lesion is at {box}?", "What is the lesion at {box}?")
 _REFER_Q = ("What is there?", "Describe this region.")
 _NUCLEI_Q = (
@@ -163,7 +182,9 @@ class _SlideContext:
         self.rng = np.random.default_rng([self.seed, TASKS.index(task), lesion_index + 1])
 
     def rel_box(self, rect: L0Rect) -> str:
-        return format_rel_box(l0_to_rel(rect, self.truth.width, self.truth.height))
+        return format_rel_box(
+            l0_to_rel(rect, self.truth.width, self.truth.height), decimals=self.config.box_decimals
+        )
 
     def save(self, image: Image.Image, folder: str, name: str) -> str:
         path = self.root / folder / f"{self.stem}_{name}.png"
@@ -191,7 +212,7 @@ class _SlideContext:
 
         config = self.config
         window = pgdfc.detail_window_l0(
-            encoder_side=config.thumb_side,
+            encoder_side=config.detail_side,
             slide_mpp=self.truth.mpp,
             detail_mpp=10.0 / config.detail_magnification,
         )
@@ -217,11 +238,13 @@ class _SlideContext:
         return float((crop == value).mean()) if crop.size else 0.0
 
     def details(self, lesion_index: int | None) -> list[dict]:
-        """Detail patches as the engine reads them: the cells whose read covers the lesion
-        most (when a lesion is asked about; at most 2), then random tissue cells, shuffled;
-        S = config.detail_patches."""
-        from omnipath import pgdfc
+        """Detail patches as the engine reads them, S = config.detail_patches.
 
+        `config.probe_ranked` (mini v3): the cells a good probe ranks first, in rank order —
+        PGDFC's probe cannot know which lesion the question means (layer 0), so the cells are
+        ranked by how much of ANY lesion their read covers, with a little noise, the cells
+        most on the asked lesion kept in; then tissue cells. Otherwise (v2): the cells whose
+        read covers the asked lesion most (at most 2), then random tissue cells, shuffled."""
         config = self.config
         rects = self._read_rects()
         cells = sorted(rects)
@@ -230,10 +253,30 @@ class _SlideContext:
             cover = [(self.lesion_fraction(rects[c], lesion_index), c) for c in cells]
             cover.sort(key=lambda item: -item[0])
             chosen = [c for fraction, c in cover[:2] if fraction > 0.05]
-        rest = [c for c in cells if c not in chosen]
-        extra = self.rng.permutation(len(rest))[: max(0, config.detail_patches - len(chosen))]
-        chosen += [rest[i] for i in extra]
-        chosen = [chosen[i] for i in self.rng.permutation(len(chosen))]
+        if config.probe_ranked:
+            anywhere = {
+                c: sum(self.lesion_fraction(rects[c], i) for i in range(len(self.truth.lesions)))
+                for c in cells
+            }
+            noise = dict(zip(cells, self.rng.uniform(0.0, 0.1, size=len(cells)), strict=True))
+            ranked = sorted(cells, key=lambda c: -(anywhere[c] + noise[c]))
+            rest = [c for c in ranked if c not in chosen]
+            chosen = (chosen + rest)[: config.detail_patches]
+            chosen.sort(key=ranked.index)
+        else:
+            rest = [c for c in cells if c not in chosen]
+            extra = self.rng.permutation(len(rest))[: max(0, config.detail_patches - len(chosen))]
+            chosen += [rest[i] for i in extra]
+            chosen = [chosen[i] for i in self.rng.permutation(len(chosen))]
+        return self._detail_patches(chosen, rects)
+
+    def _detail_patches(
+        self, chosen: list[tuple[int, int]], rects: dict[tuple[int, int], L0Rect]
+    ) -> list[dict]:
+        """The chosen cells' reads at the detail magnification, numbered in order."""
+        from omnipath import pgdfc
+
+        config = self.config
         if not chosen:
             return []
         read_rects = [rects[c] for c in chosen]
@@ -241,7 +284,7 @@ class _SlideContext:
             read_rects[0].w,
             slide_mpp=self.truth.mpp,
             detail_mpp=10.0 / config.detail_magnification,
-            encoder_side=config.thumb_side,
+            encoder_side=config.detail_side,
         )
         out = []
         for k, ((row, col), rect) in enumerate(zip(chosen, read_rects, strict=True), start=1):
@@ -346,8 +389,69 @@ def _slide_records(ctx: _SlideContext) -> list[dict]:
         records.append(slide_record("detect", None, pick(_DETECT_Q), answer))
     if "count" in tasks:
         ctx.reseed("count", -1)
-        answer = f"There {'is' if len(lesions) == 1 else 'are'} {_plural(len(lesions), 'lesion')}."
-        records.append(slide_record("count", None, pick(_COUNT_Q), answer))
+        records.append(slide_record("count", None, pick(_COUNT_Q), _count_answer(len(lesions))))
+    if "describe" in tasks and lesions:
+        ctx.reseed("describe", -1)
+        parts = [
+            f"{_with_article(f'grade-{les.grade} {les.kind}')} at {ctx.rel_box(les.l0_rect)}"
+            for les in lesions
+        ]
+        answer = f"{_plural(len(lesions), 'lesion')}: " + "; ".join(parts) + "."
+        records.append(slide_record("describe", None, pick(_DESCRIBE_Q), answer))
+    if "followup" in tasks and lesions:
+        for n in range(config.followups_per_slide):
+            ctx.reseed("followup", n)
+            records.extend(_followup_records(ctx, attend, n))
+    return records
+
+
+def _count_answer(n_lesions: int) -> str:
+    return f"There {'is' if n_lesions == 1 else 'are'} {_plural(n_lesions, 'lesion')}."
+
+
+def _followup_records(ctx: _SlideContext, attend: str | None, n: int) -> list[dict]:
+    """One conversation of `FOLLOWUP_TURNS` (count, segment the largest, its grade, box the
+    second): a record per turn after the first (the count task covers that one), each with
+    the earlier turns as the engine renders history (`clean_text`: an old answer's <mask> is
+    text), labels on its last answer only, and the detail patches of ITS question."""
+    from omnipath.engine.prompt import clean_text
+    from omnipath.train.followups import FOLLOWUP_TURNS, largest_lesion, second_from_left
+
+    lesions = ctx.truth.lesions
+    labels = np.asarray(ctx.label_map)
+    largest = largest_lesion([int((labels == les.mask_value).sum()) for les in lesions])
+    second = second_from_left([les.l0_rect.x for les in lesions])
+    chosen = lesions[second]
+    answers = {
+        "count": (_count_answer(len(lesions)), None, ()),
+        "segment": ("Here it is: <mask>", largest, (ctx.lesion_mask(largest),)),
+        "grade": (f"Grade {lesions[largest].grade}.", largest, ()),
+        "box": (f"{chosen.kind}: {ctx.rel_box(chosen.l0_rect)}.", second, ()),
+    }
+    history: list[dict] = []  # earlier turns, dataset format, plain text
+    records = []
+    for turn, (name, question, _form) in enumerate(FOLLOWUP_TURNS):
+        answer, lesion, masks = answers[name]
+        if turn > 0:
+            record = _record(
+                ctx,
+                "followup",
+                f"followup{n}_{turn}",
+                question,
+                answer,
+                details=ctx.details(lesion),
+                gpt_masks=masks,
+                attend=attend,
+            )
+            asked, answered = record["conversations"]
+            opening = {**history[0], "value": f"<image>\n{history[0]['value']}"}
+            record["conversations"] = [opening, *history[1:], {**asked, "value": question}, answered]
+            record["labels"] = "last"
+            records.append(record)
+        history += [
+            {"from": "human", "value": question},
+            {"from": "gpt", "value": clean_text(answer)},
+        ]
     return records
 
 
@@ -370,7 +474,7 @@ def _patch_grade_records(ctx: _SlideContext, lesion_index: int) -> list[dict]:
         return []
     window = round(
         pgdfc.detail_window_l0(
-            encoder_side=config.thumb_side,
+            encoder_side=config.detail_side,
             slide_mpp=ctx.truth.mpp,
             detail_mpp=10.0 / config.detail_magnification,
         )
@@ -379,7 +483,7 @@ def _patch_grade_records(ctx: _SlideContext, lesion_index: int) -> list[dict]:
         window,
         slide_mpp=ctx.truth.mpp,
         detail_mpp=10.0 / config.detail_magnification,
-        encoder_side=config.thumb_side,
+        encoder_side=config.detail_side,
     )
     out = []
     for k, pick in enumerate(ctx.rng.choice(ys.size, size=config.patch_grades)):
@@ -413,7 +517,7 @@ def _nuclei_record(ctx: _SlideContext, lesion_index: int) -> dict:
     if boxes:
         from omnipath.coords import RelBox
 
-        answer = "; ".join(format_rel_box(RelBox(*b), "nucleus") for b in boxes) + "."
+        answer = "; ".join(format_rel_box(RelBox(*b), "nucleus", ctx.config.box_decimals) for b in boxes) + "."
     else:
         answer = "There is no nucleus in this patch."
     return _record(ctx, "nuclei", f"nuclei{lesion_index}", question, answer, image=image)
@@ -470,7 +574,7 @@ def build_synthetic_set(
                 truth=truth,
                 frame=frame,
                 label_map=label_map,
-                tissue_cells=_cell_fractions(label_map, frame, config.grid, set(range(1, 256))),
+                tissue_cells=cell_fractions(label_map, frame, config.grid, set(range(1, 256))),
                 rng=np.random.default_rng(seed + 1),
                 seed=seed,
                 config=config,

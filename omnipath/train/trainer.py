@@ -77,6 +77,9 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # Modules not trained in this run (names of NON_LM_MODULES, e.g. ("vision",) for a stage
+    # that trains on towers pretrained before it); they stay frozen after it.
+    frozen_modules: tuple[str, ...] = ()
     gradient_checkpointing: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     save_every: int = 200  # optimizer steps; the last step is always saved
@@ -100,6 +103,11 @@ class TrainConfig:
             raise TrainingError("warmup_ratio must be in [0, 1).")
         if self.probe_weight < 0:
             raise TrainingError("probe_weight must be zero or positive.")
+        unknown = set(self.frozen_modules) - set(NON_LM_MODULES)
+        if unknown:
+            raise TrainingError(
+                f"Cannot freeze {sorted(unknown)}: frozen_modules may name {NON_LM_MODULES}."
+            )
 
 
 @dataclass
@@ -156,6 +164,17 @@ def apply_lora(model, config: TrainConfig):
         },
     )
     return get_peft_model(model, lora_config)
+
+
+def freeze_modules(model, names: Sequence[str]) -> None:
+    """requires_grad off for every parameter under a module called one of `names` (the
+    modules themselves and PEFT's trained copies of them)."""
+    if not names:
+        return
+    pattern = re.compile(r"(^|\.)(" + "|".join(map(re.escape, names)) + r")\.")
+    for name, param in model.named_parameters():
+        if pattern.search(name):
+            param.requires_grad_(False)
 
 
 def _param_groups(model, config: TrainConfig) -> list[dict]:
@@ -334,11 +353,12 @@ def train(
         model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
-    if config.lora:
+    if config.lora and not hasattr(model, "peft_config"):  # not wrapped by an earlier stage
         model = apply_lora(model, config)
-    else:
+    elif not config.lora:
         for param in model.parameters():
             param.requires_grad_(True)
+    freeze_modules(model, config.frozen_modules)
     model.train()
 
     sampler = EpochSampler(len(train_dataset), config.seed)
