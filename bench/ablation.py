@@ -44,6 +44,7 @@ from ablation_scores import (  # noqa: E402
     mask_scores,
     normalise,
     on_lesion,
+    plural,
     read_labels,
     summarise,
     target_table,
@@ -180,7 +181,7 @@ def evaluate_set(engine, data: Path, splits: tuple[str, ...], args) -> dict:
     seed = manifest["config"]["seed"]
     title = (
         f"seed {seed}, split{'s' if len(splits) > 1 else ''} {', '.join(splits)}: "
-        f"{len(stems)} slides, {len(records)} questions"
+        f"{plural(len(stems), 'slide')}, {plural(len(records), 'question')}"
     )
     return {
         "data": str(data),

@@ -186,8 +186,13 @@ def targets_met(summary: dict) -> dict[str, bool | None]:
 # --- the table ----------------------------------------------------------------------------------
 
 
-def _num(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _num(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """ "1 mask", "2 masks" ("2 boxes" when `words` says so)."""
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
 def _target(key: str) -> str:
@@ -211,21 +216,22 @@ def target_table(raw: dict, summary: dict) -> str:
         rows.append(
             (
                 f"grade accuracy, {MODE_LABELS[mode]}",
-                f"{_num(value)} % {counts}",
+                f"{_num(value, unit=' %')} {counts}",
                 _target(f"grade_{mode}"),
                 _met(f"grade_{mode}", value),
             )
         )
     for mode in MODES:
         st = modes[mode]
-        value = f"{_num(summary['accuracy'][mode])} % ({st['correct']}/{st['asked']})"
+        value = f"{_num(summary['accuracy'][mode], unit=' %')} ({st['correct']}/{st['asked']})"
         rows.append((f"accuracy (grade, kind, count), {MODE_LABELS[mode]}", value, "–", "–"))
     tiles = summary["tiles_on_lesion"]
     ratio = summary["lesion_ratio"]
     rows.append(
         (
             "tiles on a lesion, PGDFC against random tiles",
-            f"{_num(tiles['attention'])} % vs {_num(tiles['random'])} % = {_num(ratio)}×",
+            f"{_num(tiles['attention'], unit=' %')} vs {_num(tiles['random'], unit=' %')}"
+            f" = {_num(ratio, unit='×')}",
             _target("lesion_ratio"),
             _met("lesion_ratio", ratio),
         )
@@ -235,7 +241,7 @@ def target_table(raw: dict, summary: dict) -> str:
         (
             "box F1 at IoU ≥ 0.5 (mean best IoU), PGDFC",
             f"{_num(summary['box_f1'], 3)} ({_num(summary['box_mean_iou'], 3)}; "
-            f"{b['gold']} gold boxes)",
+            f"{plural(b['gold'], 'gold box', 'gold boxes')})",
             _target("box_f1"),
             _met("box_f1", summary["box_f1"]),
         )
@@ -244,7 +250,7 @@ def target_table(raw: dict, summary: dict) -> str:
         (
             "mask Dice (IoU), PGDFC",
             f"{_num(summary['mask_dice'], 3)} ({_num(summary['mask_iou'], 3)}; "
-            f"{len(m['dice'])} masks)",
+            f"{plural(len(m['dice']), 'mask')})",
             _target("mask_dice"),
             _met("mask_dice", summary["mask_dice"]),
         )
@@ -256,7 +262,8 @@ def target_table(raw: dict, summary: dict) -> str:
     rows.append(
         (
             "follow-ups answered in the requested form",
-            f"{_num(summary['followup_form'])} % ({sum(t['ok'] for t in turns)}/{len(turns)}"
+            f"{_num(summary['followup_form'], unit=' %')} "
+            f"({sum(t['ok'] for t in turns)}/{len(turns)}"
             + (f": {per_form})" if per_form else ")"),
             _target("followup_form"),
             _met("followup_form", summary["followup_form"]),
@@ -266,7 +273,7 @@ def target_table(raw: dict, summary: dict) -> str:
     rows.append(
         (
             "follow-up count right",
-            f"{_num(summary['followup_count_correct'])} % "
+            f"{_num(summary['followup_count_correct'], unit=' %')} "
             f"({sum(t['correct'] for t in count)}/{len(count)})",
             "–",
             "–",

@@ -113,6 +113,7 @@ def test_summary_and_the_target_table(bench) -> None:
         in lines
     )
     assert "| box F1 at IoU ≥ 0.5 (mean best IoU), PGDFC | 0.500 (0.400; 4 gold boxes) |" in table
+    assert scores.plural(1, "gold box", "gold boxes") == "1 gold box"
     assert "| mask Dice (IoU), PGDFC | 0.600 (0.500; 2 masks) | ≥ 0.6 | yes |" in lines
     assert (
         "| follow-ups answered in the requested form | 87.5 % (7/8: number 2/2, mask 1/2, "
@@ -132,8 +133,10 @@ def test_nothing_asked_is_not_applicable_not_zero(bench) -> None:
     assert summary["lesion_ratio"] is None and met["lesion_ratio"] is None
     assert summary["box_f1"] is None and met["mask_dice"] is None and met["followup_form"] is None
     table = scores.target_table(raw, summary)
-    assert "| follow-ups answered in the requested form | n/a % (0/0) | ≥ 90 % | n/a |" in table
-    assert "= n/a× | ≥ 5× | n/a |" in table
+    assert "| follow-ups answered in the requested form | n/a (0/0) | ≥ 90 % | n/a |" in table
+    assert "| 60.0 % vs 0.0 % = n/a | ≥ 5× | n/a |" in table
+    assert "| box F1 at IoU ≥ 0.5 (mean best IoU), PGDFC | n/a (n/a; 0 gold boxes) |" in table
+    assert "| mask Dice (IoU), PGDFC | n/a (n/a; 0 masks) | ≥ 0.6 | n/a |" in table
 
 
 def test_box_matching(bench) -> None:
