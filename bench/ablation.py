@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--weights", type=Path, default=None, help="omnipath-mini weights folder")
     parser.add_argument("--s", type=int, default=8)
-    parser.add_argument("--limit", type=int, default=None, help="at most this many questions")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most this many questions per data set"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument(
         "--splits",
