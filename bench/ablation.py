@@ -1,139 +1,97 @@
-"""The paper's Table 6 in miniature, on the held-out (test) split of the synthetic set.
+"""The paper's Table 6 in miniature, on held-out synthetic slides, against issue 10's targets.
 
     python bench/ablation.py --data ~/.cache/omnipath/synthetic            # omnipath-mini
     python bench/ablation.py --data DIR --weights omnipath/mini/weights --limit 20 --s 8
+    python bench/ablation.py --weights W --data D --also D2 --card W/README.md --json W/eval.json
 
-For every slide-level question of the test split (grade, kind, count, detect, segment), the
+For every slide-level question of the asked splits (grade, kind, count, detect, segment), the
 engine answers three times: PGDFC off (thumbnail only), random tiles (seeded), PGDFC (S = 8).
-Printed as one table:
-- accuracy per mode (grade / kind / count answers, exact after normalisation);
-- the fraction of the detail tiles that fall on a lesion, PGDFC next to random;
+Then, on every slide of those questions, the 4-turn follow-up conversation of
+`omnipath.train.followups` (count, segment the largest, its grade, box the second one) with
+PGDFC on, each question after the earlier questions and answers. One table per data set:
+- grade accuracy per mode (the answer only the detail patches show), with counts, and the
+  accuracy over grade, kind and count;
+- the fraction of the detail tiles that fall on a lesion, PGDFC next to random, and the ratio;
 - box F1 (IoU ≥ 0.5) and mean IoU of the detect answers; mask Dice and IoU of the segment
-  answers (the analogues of the paper's Tables 3 and 5), with PGDFC on.
-The test split's slides were never used in training (`omnipath.train.synthetic_tasks`).
+  answers (the analogues of the paper's Tables 3 and 5), with PGDFC on;
+- follow-ups answered in the form they ask for (a number, a mask, a grade, a box), and
+  whether the count was right;
+each row next to issue 10's target and whether it is met (`bench/ablation_scores.py`).
+
+`--data` is the model's own set, asked on its test split (never used in training,
+`omnipath.train.synthetic_tasks`); each `--also` set was built with another seed, so all its
+splits are held out. `--card` writes the tables into the model card's Evaluation section
+(`omnipath.mini.card.write_evaluation`); `--json` writes the raw numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODES = ("off", "random", "attention")
-ACCURACY_TASKS = ("grade", "kind", "count")
+from ablation_scores import (  # noqa: E402
+    ACCURACY_TASKS,
+    MODES,
+    box_scores,
+    has_form,
+    mask_scores,
+    normalise,
+    on_lesion,
+    plural,
+    read_labels,
+    summarise,
+    target_table,
+    targets_met,
+)
 
-
-def normalise(task: str, text: str) -> str:
-    """The part of an answer that is scored: the grade digit, the kind word, the count."""
-    text = text.strip().lower()
-    if task == "grade":
-        found = re.search(r"grade\s*([1-3])", text)
-        return found.group(1) if found else ""
-    if task == "count":
-        found = re.search(r"\b(\d+|no)\b", text)
-        return found.group(1) if found else ""
-    if task == "kind":
-        found = re.search(r"carcinoma|inflammation", text)
-        return found.group(0) if found else ""
-    return text
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+ALL_SPLITS = ("train", "val", "test")
 
 
-def box_scores(gold: list, predicted: list) -> tuple[int, int, int, list[float]]:
-    """Greedy matching at IoU ≥ 0.5: (true positives, #predicted, #gold, best IoU per gold)."""
-    used: set[int] = set()
-    tp = 0
-    best = []
-    for g in gold:
-        ious = [box_iou(g, p) for p in predicted]
-        best.append(max(ious, default=0.0))
-        order = sorted(range(len(predicted)), key=lambda i: -ious[i])
-        for i in order:
-            if i not in used and ious[i] >= 0.5:
-                used.add(i)
-                tp += 1
-                break
-    return tp, len(predicted), len(gold), best
+def slide_path(root: Path, stem: str) -> Path:
+    return root / "slides" / f"{stem}.tiff"
 
 
-def read_labels(truth) -> np.ndarray:
-    """The slide's label map (one value per lesion, `truth.mask_downsample` px per pixel)."""
-    return np.asarray(Image.open(truth.masks_path).convert("L"))
+def slide_stem(record: dict) -> str:
+    return record["id"].split("-")[0]
 
 
-def mask_scores(answer, truth, labels: np.ndarray, lesion_index: int) -> tuple[float, float]:
-    """Dice and IoU of the answer's first mask against the lesion, at label-map resolution."""
-    gold = labels == truth.lesions[lesion_index].mask_value
-    predicted = np.zeros_like(gold)
-    if answer.masks:
-        mask = answer.masks[0]
-        down = truth.mask_downsample
-        x0, y0 = mask.l0_rect.x // down, mask.l0_rect.y // down
-        w = max(1, mask.l0_rect.w // down)
-        h = max(1, mask.l0_rect.h // down)
-        bitmap = Image.fromarray(mask.bitmap.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
-        patch = np.asarray(bitmap) > 127
-        h = min(h, predicted.shape[0] - y0)
-        w = min(w, predicted.shape[1] - x0)
-        predicted[y0 : y0 + h, x0 : x0 + w] = patch[:h, :w]
-    inter = float((gold & predicted).sum())
-    dice = 2 * inter / max(1.0, float(gold.sum() + predicted.sum()))
-    iou = inter / max(1.0, float((gold | predicted).sum()))
-    return dice, iou
-
-
-def on_lesion(rect, truth, labels: np.ndarray) -> bool:
-    down = truth.mask_downsample
-    crop = labels[
-        rect.y // down : (rect.y + rect.h) // down + 1,
-        rect.x // down : (rect.x + rect.w) // down + 1,
-    ]
-    return bool((crop >= 2).any())
+def _answer(engine, slide, history: list[dict], question: str, options):
+    answer = list(engine.answer(slide, history, question, options))[-1]
+    if answer.error:
+        print(f"  [{options.pgdfc_mode}] error: {answer.error}", file=sys.stderr)
+    return answer
 
 
 def run(engine, records: list[dict], root: Path, s: int, max_new_tokens: int) -> dict:
+    """Every question in the three modes → raw counts per mode, boxes and masks."""
     from omnipath.boxes import parse_box_text
     from omnipath.engine import AnswerOptions
     from omnipath.slide import open_slide
     from omnipath.synth import read_synthetic_labels
 
-    stats = {
-        m: {"correct": 0, "asked": 0, "grade_correct": 0, "grade_asked": 0, "tiles": 0}
-        | {"tiles_on_lesion": 0}
-        for m in MODES
-    }
+    keys = ("correct", "asked", "grade_correct", "grade_asked", "tiles", "tiles_on_lesion")
+    stats = {m: dict.fromkeys(keys, 0) for m in MODES}
     boxes = {"tp": 0, "pred": 0, "gold": 0, "ious": []}
     masks = {"dice": [], "iou": []}
     for n, record in enumerate(records, start=1):
-        stem = record["id"].split("-")[0]
-        slide_path = root / "slides" / f"{stem}.tiff"
-        truth = read_synthetic_labels(slide_path)
+        path = slide_path(root, slide_stem(record))
+        truth = read_synthetic_labels(path)
         labels = read_labels(truth)
         question = record["conversations"][0]["value"].replace("<image>\n", "", 1)
         gold = record["conversations"][1]["value"]
         task = record["task"]
         modes = MODES if task in ACCURACY_TASKS else ("attention",)
-        with open_slide(slide_path) as slide:
+        with open_slide(path) as slide:
             for mode in modes:
                 options = AnswerOptions(pgdfc_mode=mode, s=s, max_new_tokens=max_new_tokens, seed=n)
-                answer = [item for item in engine.answer(slide, [], question, options)][-1]
-                if answer.error:
-                    print(f"  {record['id']} [{mode}] error: {answer.error}", file=sys.stderr)
+                answer = _answer(engine, slide, [], question, options)
                 st = stats[mode]
                 st["tiles"] += len(answer.regions)
                 st["tiles_on_lesion"] += sum(
@@ -163,34 +121,101 @@ def run(engine, records: list[dict], root: Path, s: int, max_new_tokens: int) ->
     return {"modes": stats, "boxes": boxes, "masks": masks}
 
 
-def print_table(result: dict, n_records: int, s: int) -> None:
-    stats = result["modes"]
+def run_followups(engine, root: Path, stems: list[str], s: int, max_new_tokens: int) -> dict:
+    """The follow-up conversation on every slide, PGDFC on → one row per turn: its form, whether
+    the answer has it, and (count turn) whether the count matches the slide's lesions."""
+    from omnipath.engine import AnswerOptions
+    from omnipath.slide import open_slide
+    from omnipath.synth import read_synthetic_labels
+    from omnipath.train.followups import FOLLOWUP_TURNS
 
-    def pct(a: float, b: float) -> str:
-        return f"{100.0 * a / b:5.1f}" if b else "  n/a"
+    turns = []
+    for n, stem in enumerate(stems, start=1):
+        path = slide_path(root, stem)
+        n_lesions = len(read_synthetic_labels(path).lesions)
+        history: list[dict] = []
+        options = AnswerOptions(pgdfc_mode="attention", s=s, max_new_tokens=max_new_tokens, seed=n)
+        with open_slide(path) as slide:
+            for name, question, form in FOLLOWUP_TURNS:
+                answer = _answer(engine, slide, history, question, options)
+                correct = None
+                if name == "count":
+                    correct = normalise("count", answer.text) == str(n_lesions)
+                turns.append(
+                    {
+                        "slide": stem,
+                        "turn": name,
+                        "form": form,
+                        "ok": has_form(form, answer),
+                        "correct": correct,
+                        "text": answer.text,
+                    }
+                )
+                history += [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer.text},
+                ]
+                print(f"  {stem} follow-up {name}: {answer.text[:70]!r}", file=sys.stderr)
+    return {"turns": turns}
 
-    print(f"\nPGDFC ablation on held-out slides ({n_records} questions, S = {s})")
-    print("| mode | accuracy % | grade accuracy % | tiles on a lesion % |")
-    print("|---|---|---|---|")
-    labels = {"off": "no PGDFC (thumbnail)", "random": "random tiles", "attention": "PGDFC"}
-    for mode in MODES:
-        st = stats[mode]
-        tiles = pct(st["tiles_on_lesion"], st["tiles"]) if mode != "off" else "    -"
-        grade = f"{pct(st['grade_correct'], st['grade_asked'])} ({st['grade_correct']}/{st['grade_asked']})"
-        print(
-            f"| {labels[mode]} | {pct(st['correct'], st['asked'])} ({st['correct']}/{st['asked']})"
-            f" | {grade} | {tiles} |"
-        )
-    b = result["boxes"]
-    precision = b["tp"] / b["pred"] if b["pred"] else 0.0
-    recall = b["tp"] / b["gold"] if b["gold"] else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    mean_iou = float(np.mean(b["ious"])) if b["ious"] else float("nan")
-    m = result["masks"]
-    dice = float(np.mean(m["dice"])) if m["dice"] else float("nan")
-    iou = float(np.mean(m["iou"])) if m["iou"] else float("nan")
-    print(f"| boxes (PGDFC) | F1 {f1:.3f}, mean IoU {mean_iou:.3f} ({b['gold']} gold boxes) | | |")
-    print(f"| masks (PGDFC) | Dice {dice:.3f}, IoU {iou:.3f} ({len(m['dice'])} masks) | | |")
+
+def load_records(data: Path, splits: tuple[str, ...], limit: int | None) -> list[dict]:
+    records = [
+        r
+        for split in splits
+        for r in json.loads((data / f"{split}.json").read_text())
+        if r["task"] in (*ACCURACY_TASKS, "detect", "segment")
+    ]
+    return records[:limit] if limit else records
+
+
+def evaluate_set(engine, data: Path, splits: tuple[str, ...], args) -> dict:
+    """One data set: its questions and follow-ups → raw numbers, summary, the markdown table."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    records = load_records(data, splits, args.limit)
+    stems = list(dict.fromkeys(slide_stem(r) for r in records))
+    started = time.time()
+    raw = run(engine, records, data, args.s, args.max_new_tokens)
+    raw["followups"] = run_followups(engine, data, stems, args.s, args.max_new_tokens)
+    summary = summarise(raw)
+    seed = manifest["config"]["seed"]
+    title = (
+        f"seed {seed}, split{'s' if len(splits) > 1 else ''} {', '.join(splits)}: "
+        f"{plural(len(stems), 'slide')}, {plural(len(records), 'question')}"
+    )
+    return {
+        "data": str(data),
+        "seed": seed,
+        "splits": list(splits),
+        "n_slides": len(stems),
+        "n_questions": len(records),
+        "seconds": time.time() - started,
+        "title": title,
+        "table": target_table(raw, summary),
+        "summary": summary,
+        "targets_met": targets_met(summary),
+        "raw": raw,
+    }
+
+
+def report(results: list[dict], command: str, s: int, threads: int, seconds: float) -> str:
+    """The markdown of a run: the command line, then one table per data set."""
+    lines = [
+        f"`{command}` (S = {s}; {seconds:.0f} s on "
+        f"{threads} CPU thread{'s' if threads != 1 else ''}):"
+    ]
+    for result in results:
+        lines += ["", f"**{result['title']}**", "", result["table"]]
+    return "\n".join(lines)
+
+
+def check_data(parser: argparse.ArgumentParser, data: Path, splits: tuple[str, ...]) -> None:
+    for name in ("manifest.json", *(f"{split}.json" for split in splits)):
+        if not (data / name).is_file():
+            parser.error(
+                f"{data} has no {name}: build a set with "
+                "omnipath.train.synthetic_tasks.build_synthetic_set first."
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,37 +227,55 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--weights", type=Path, default=None, help="omnipath-mini weights folder")
     parser.add_argument("--s", type=int, default=8)
-    parser.add_argument("--limit", type=int, default=None, help="at most this many questions")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most this many questions per data set"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument(
         "--splits",
         default="test",
-        help="comma-separated splits to ask (default: test). A set built with another seed "
-        "than the model's has no slide in common with its training, so all its splits are "
-        "held out.",
+        help="comma-separated splits of --data to ask (default: test, the held-out split).",
     )
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        help="another data set, built with another seed than the model's: it has no slide in "
+        "common with its training, so all its splits are asked (repeatable).",
+    )
+    parser.add_argument("--card", type=Path, help="model card whose Evaluation section to write")
+    parser.add_argument("--json", type=Path, help="write the raw numbers here as JSON")
     args = parser.parse_args(argv)
+    sets = [(args.data, tuple(s.strip() for s in args.splits.split(",")))]
+    sets += [(data, ALL_SPLITS) for data in args.also]
+    for data, splits in sets:
+        check_data(parser, data, splits)
+    if args.card and not args.card.is_file():
+        parser.error(f"there is no model card at {args.card}.")
 
     import torch
 
     from omnipath.engine import Engine
+    from omnipath.mini.card import write_evaluation
     from omnipath.mini.model import DEFAULT_WEIGHTS_DIR, MINI_MODEL_ID, load_mini
 
     torch.manual_seed(0)
     model, tokenizer = load_mini(args.weights or DEFAULT_WEIGHTS_DIR)
     engine = Engine(model, tokenizer, model_id=MINI_MODEL_ID, revision=None, demo=True)
-    records = [
-        r
-        for split in args.splits.split(",")
-        for r in json.loads((args.data / f"{split.strip()}.json").read_text())
-        if r["task"] in (*ACCURACY_TASKS, "detect", "segment")
-    ]
-    if args.limit:
-        records = records[: args.limit]
     started = time.time()
-    result = run(engine, records, args.data, args.s, args.max_new_tokens)
-    print_table(result, len(records), args.s)
-    print(f"({time.time() - started:.0f} s on {torch.get_num_threads()} CPU threads)")
+    results = [evaluate_set(engine, data, splits, args) for data, splits in sets]
+    seconds = time.time() - started
+    command = shlex.join(["python", "bench/ablation.py", *(sys.argv[1:] if argv is None else argv)])
+    threads = torch.get_num_threads()
+    markdown = report(results, command, args.s, threads, seconds)
+    print("\n" + markdown)
+    if args.card:
+        write_evaluation(args.card, markdown)
+    if args.json:
+        payload = {"command": command, "threads": threads, "seconds": seconds, "s": args.s}
+        payload["sets"] = [{k: v for k, v in r.items() if k != "table"} for r in results]
+        args.json.write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
    before any full forward: about 1/L of a prefill.
 2. Tissue filter at grid resolution (cells of the padded square thumbnail that are
    background, padding included, are never chosen).
-3. Top-S cells (mode "attention"), S random tissue cells (mode "random", seeded: the paper's
+3. Top-S cells (mode "attention"; equal Ψ, within `PSI_TIE_TOLERANCE`, goes to the cell with
+   more tissue, then raster order), S random tissue cells (mode "random", seeded: the paper's
    ablation baseline) or nothing (mode "off").
 4. Cells → level-0 rectangles centred on each cell (the cell with `DETAIL_CONTEXT` around it,
    or less: never more than the encoder sees at the detail magnification) → reads through the
@@ -221,6 +222,37 @@ def check_s_against_tissue(s: int, tissue: np.ndarray) -> None:
         )
 
 
+# Ψ values closer than this fraction of the largest Ψ over the tissue cells count as equal:
+# 1e-6 is float32 noise (a few ulps of the max, ~1.2e-7 each) in the head mean of a softmax
+# computed in float32; a larger tolerance would overrule differences the probe did make.
+# Ψ is measured down from its max in steps of this width: values in one step tie. So the
+# values within the width below the max tie with it, exactly equal values (e.g. attention
+# that underflowed to 0 outside one cell) always tie, and two other values closer than the
+# width tie unless a step edge falls between them.
+PSI_TIE_TOLERANCE = 1e-6
+
+
+def attention_order(
+    psi: np.ndarray, tissue_fraction: np.ndarray | None = None, *, tol: float = PSI_TIE_TOLERANCE
+) -> np.ndarray:
+    """Positions 0..n-1 of `psi` (n cells, raster order), best first: highest Ψ (in steps of
+    `tol` × max |Ψ| down from the max, see `PSI_TIE_TOLERANCE`), then the higher tissue
+    fraction (when given), then raster order. Ties must not be decided by the index alone:
+    with a collapsed Ψ the cells would line up along the top row of the tissue."""
+    psi = np.asarray(psi, dtype=np.float64).reshape(-1)
+    if psi.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    scale = float(np.max(np.abs(psi))) * tol
+    steps = np.floor((psi.max() - psi) / scale) if scale > 0 else np.zeros_like(psi)
+    fraction = (
+        np.zeros_like(psi)
+        if tissue_fraction is None
+        else np.asarray(tissue_fraction, dtype=np.float64).reshape(-1)
+    )
+    # np.lexsort: the last key is the primary one
+    return np.lexsort((np.arange(psi.size), -fraction, steps))
+
+
 def select_cells(
     *,
     mode: str,
@@ -228,11 +260,14 @@ def select_cells(
     tissue: np.ndarray,
     psi: np.ndarray | None = None,
     seed: int = 0,
+    tissue_fraction: np.ndarray | None = None,
 ) -> list[Cell]:
     """Choose the cells to read at high resolution.
 
-    tissue: grid×grid bool (`tissue_cells`); psi: grid×grid Ψ (required for "attention").
-    "attention": the S tissue cells with the highest Ψ (ties: raster order).
+    tissue: grid×grid bool (`tissue_cells`); psi: grid×grid Ψ (required for "attention");
+    tissue_fraction: grid×grid fraction of tissue per cell (the tie-break; optional).
+    "attention": the S tissue cells with the highest Ψ (`attention_order`: Ψ equal within
+    `PSI_TIE_TOLERANCE` goes to the higher tissue fraction, then to raster order).
     "random": S tissue cells drawn uniformly without replacement by numpy's PCG64 from
     `seed` (same seed, same cells). "off": none. Background cells are never returned.
     S must not exceed the tissue cells: the caller checked it (`check_s_against_tissue`)
@@ -249,8 +284,15 @@ def select_cells(
     if mode == "attention":
         if flat_psi is None:
             raise ValueError("mode 'attention' needs Ψ")
-        # stable sort on -Ψ: ties keep raster order, so the choice is deterministic
-        order = np.argsort(-flat_psi[flat_tissue], kind="stable")
+        fraction = None
+        if tissue_fraction is not None:
+            fraction = np.asarray(tissue_fraction, dtype=np.float64)
+            if fraction.shape != tissue.shape:
+                raise ValueError(
+                    f"tissue fraction grid {fraction.shape} for a tissue grid {tissue.shape}"
+                )
+            fraction = fraction.reshape(-1)[flat_tissue]
+        order = attention_order(flat_psi[flat_tissue], fraction)
         chosen = flat_tissue[order[:s]]
     else:
         rng = np.random.default_rng(seed)
@@ -447,11 +489,15 @@ def plan_details(
     base_tokens: int,
     max_new_tokens: int,
     context_length: int | None,
+    tissue_fraction: np.ndarray | None = None,
 ) -> DetailPlan:
     """Ψ (grid×grid) → cells → square level-0 reads at the detail magnification → position
-    texts → detail blocks (`block_ids(texts)`: the prompt's tokenization) → the budget."""
+    texts → detail blocks (`block_ids(texts)`: the prompt's tokenization) → the budget.
+    tissue_fraction: grid×grid fraction of tissue per cell, the tie-break of equal Ψ."""
     grid = int(tissue.shape[0])
-    cells = select_cells(mode=mode, s=s, tissue=tissue, psi=psi, seed=seed)
+    cells = select_cells(
+        mode=mode, s=s, tissue=tissue, psi=psi, seed=seed, tissue_fraction=tissue_fraction
+    )
     window = detail_window_l0(encoder_side=encoder_side, slide_mpp=slide_mpp, detail_mpp=detail_mpp)
     kept_cells, read_rects, l0_rects = [], [], []
     for cell in cells:

@@ -13,13 +13,16 @@ from omnipath.coords import L0Rect, ThumbFrame
 from omnipath.errors import OptionsError, TokenBudgetError
 from omnipath.pgdfc import (
     DETAIL_CONTEXT,
+    PSI_TIE_TOLERANCE,
     Cell,
+    attention_order,
     cell_read_rect,
     cell_region,
     check_s_against_tissue,
     detail_read_side,
     detail_window_l0,
     fit_detail_budget,
+    plan_details,
     position_text,
     probe_prepass,
     psi_grid,
@@ -294,3 +297,129 @@ def test_parallel_detail_reads_keep_order_and_raise() -> None:
     assert read_detail_patches(_ColourSlide(), [], 4).shape == (0, 3, 4, 4)
     with pytest.raises(ValueError, match="outside"):
         read_detail_patches(_ColourSlide(), [L0Rect(5, 0, 8, 8), L0Rect(-1, 0, 8, 8)], 4)
+
+
+# --- ties: Ψ equal within PSI_TIE_TOLERANCE → more tissue first, then raster order ------------
+
+
+def _cells(cells: list[Cell]) -> list[tuple[int, int]]:
+    return [(c.grid_row, c.grid_col) for c in cells]
+
+
+def test_collapsed_psi_ties_go_to_the_cells_with_more_tissue_not_the_top_row() -> None:
+    # Ψ collapsed onto one cell (the issue's sample slide: 0.303, then ~0 everywhere else)
+    psi = np.zeros((4, 4), dtype=np.float32)
+    psi[3, 1] = 0.303
+    fraction = np.array(
+        [
+            [0.3, 0.4, 0.4, 0.3],  # the ragged top edge of the tissue
+            [0.9, 1.0, 1.0, 0.6],
+            [1.0, 1.0, 0.8, 0.0],
+            [0.7, 1.0, 0.5, 0.0],
+        ],
+        dtype=np.float32,
+    )
+    tissue = tissue_cells(fraction, 0.2)
+    cells = select_cells(mode="attention", s=6, tissue=tissue, psi=psi, tissue_fraction=fraction)
+    assert _cells(cells) == [(3, 1), (1, 1), (1, 2), (2, 0), (2, 1), (1, 0)]
+    assert [c.rank for c in cells] == [1, 2, 3, 4, 5, 6]
+    # without fractions (the old behaviour) the ties fall in raster order: the top row
+    plain = select_cells(mode="attention", s=6, tissue=tissue, psi=psi)
+    assert _cells(plain) == [(3, 1), (0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
+
+
+def test_psi_within_float32_noise_ties_and_a_real_difference_does_not() -> None:
+    fraction = np.array([[0.5, 1.0, 0.9]], dtype=np.float32)
+    tissue = np.ones((1, 3), dtype=bool)
+    top = 0.25
+    # cell 0 above cell 2 by 1e-8 of the max (float32 noise): a tie, so the tissue decides
+    noise = np.array([[top * (1 + 1e-8), top, top * (1 - 1e-8)]], dtype=np.float64)
+    cells = select_cells(mode="attention", s=3, tissue=tissue, psi=noise, tissue_fraction=fraction)
+    assert _cells(cells) == [(0, 1), (0, 2), (0, 0)]
+    # 1e-3 of the max is a real difference: Ψ decides, whatever the tissue
+    real = np.array([[top, top * (1 - 1e-3), top * (1 - 2e-3)]])
+    cells = select_cells(mode="attention", s=3, tissue=tissue, psi=real, tissue_fraction=fraction)
+    assert _cells(cells) == [(0, 0), (0, 1), (0, 2)]
+    assert PSI_TIE_TOLERANCE == 1e-6
+
+
+def test_attention_order_keys_and_edge_cases() -> None:
+    # equal Ψ and equal tissue: raster order; all-zero Ψ: the tissue alone
+    assert attention_order(np.zeros(4), np.array([0.5, 0.5, 1.0, 0.5])).tolist() == [2, 0, 1, 3]
+    assert attention_order(np.zeros(3)).tolist() == [0, 1, 2]
+    assert attention_order(np.array([0.1, 0.3, 0.2])).tolist() == [1, 2, 0]
+    with pytest.raises(ValueError, match="tissue fraction grid"):
+        select_cells(
+            mode="attention",
+            s=1,
+            tissue=np.ones((2, 2), bool),
+            psi=np.zeros((2, 2)),
+            tissue_fraction=np.ones((3, 3)),
+        )
+
+
+def test_plan_details_breaks_ties_by_the_tissue_fraction() -> None:
+    frame = ThumbFrame(l0_width=4000, l0_height=4000, side=40)  # square: no padding
+    fraction = np.full((4, 4), 1.0, dtype=np.float32)
+    fraction[0, :] = 0.5
+    fraction[1, :2] = 0.7
+
+    def plan(tissue_fraction):
+        return plan_details(
+            psi=np.zeros((4, 4), dtype=np.float32),
+            tissue=tissue_cells(fraction, 0.2),
+            tissue_fraction=tissue_fraction,
+            frame=frame,
+            mode="attention",
+            s=3,
+            seed=0,
+            context=DETAIL_CONTEXT,
+            slide_mpp=None,
+            detail_mpp=0.5,
+            encoder_side=64,
+            block_ids=lambda texts: [[0]] * len(texts),
+            base_tokens=10,
+            max_new_tokens=5,
+            context_length=None,
+        )
+
+    assert _cells(plan(fraction).cells) == [(1, 2), (1, 3), (2, 0)]
+    assert _cells(plan(None).cells) == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_engine_passes_the_tissue_fraction_so_collapsed_psi_skips_the_ragged_top(
+    tmp_path, monkeypatch
+) -> None:
+    """Ψ forced to zero everywhere: the engine's regions are the cells full of tissue, not the
+    first row of cells that hold some."""
+    from PIL import Image, ImageDraw
+
+    from omnipath.engine import AnswerOptions, Engine
+    from omnipath.slide import open_slide
+    from tests.engine_models import tiny_model
+
+    model, tokenizer = tiny_model()
+    engine = Engine(model, tokenizer, model_id="tiny", revision=None, demo=True)
+    side = 1200
+    image = Image.new("RGB", (side, side), (255, 255, 255))
+    # tissue everywhere but a white band over the top half of the first cell row
+    ImageDraw.Draw(image).rectangle((0, side // (2 * model.grid), side, side), fill=(200, 90, 160))
+    image.save(tmp_path / "ragged.png")
+    grid = model.grid
+    monkeypatch.setattr(engine, "_probe", lambda *a, **k: np.zeros((grid, grid), np.float32))
+    plans = []
+    original = engine._plan
+
+    def recorded_plan(*args, **kwargs):
+        plans.append(original(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(engine, "_plan", recorded_plan)
+    with open_slide(tmp_path / "ragged.png") as slide:
+        options = AnswerOptions(pgdfc_mode="attention", s=grid, max_new_tokens=2)
+        answer = list(engine.answer(slide, [], "Where is the tumor?", options))[-1]
+        fraction = engine._look(slide, slide).tissue
+    assert len(answer.regions) == grid
+    chosen = [fraction[c.grid_row, c.grid_col] for c in plans[0].cells]
+    assert all(c.grid_row > 0 for c in plans[0].cells)
+    assert chosen == sorted(fraction.reshape(-1).tolist(), reverse=True)[:grid]

@@ -437,6 +437,7 @@ class Engine:
         return pgdfc.plan_details(
             psi=psi,
             tissue=self._tissue_cells(look),
+            tissue_fraction=look.tissue,
             frame=thumb.frame,
             mode=options.pgdfc_mode,
             s=options.s,

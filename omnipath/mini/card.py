@@ -152,3 +152,24 @@ about a real slide is unfounded.
     path = Path(output) / "README.md"
     path.write_text(card, encoding="utf-8")
     return path
+
+
+def write_evaluation(card_path: str | Path, markdown: str) -> Path:
+    """Replace the model card's Evaluation body (between `EVALUATION_START` and
+    `EVALUATION_END`) with `markdown`; a card without the markers gets an Evaluation section
+    with them appended. ValueError when only one marker is there, or the end comes first."""
+    path = Path(card_path)
+    text = path.read_text(encoding="utf-8")
+    body = f"{EVALUATION_START}\n{markdown.strip()}\n{EVALUATION_END}"
+    start, end = text.find(EVALUATION_START), text.find(EVALUATION_END)
+    if start < 0 and end < 0:
+        text = text.rstrip("\n") + f"\n\n## Evaluation\n\n{body}\n"
+    elif 0 <= start < end:
+        text = text[:start] + body + text[end + len(EVALUATION_END) :]
+    else:
+        raise ValueError(
+            f"The model card {path} has a broken Evaluation section: it needs both "
+            f"{EVALUATION_START} and then {EVALUATION_END}, or neither."
+        )
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -60,7 +60,9 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def pooled_patch_features(vision: nn.Module, pixels: torch.Tensor, scales: list[int]) -> torch.Tensor:
+def pooled_patch_features(
+    vision: nn.Module, pixels: torch.Tensor, scales: list[int]
+) -> torch.Tensor:
     """N×3×d×d → N×C: the fused map of the detail scales, mean-pooled over the grid."""
     return vision(pixels, encode_scales=scales).mean(dim=(2, 3))
 
@@ -170,7 +172,10 @@ def pretrain_towers(
 def _features(vision: nn.Module, batch: PatchBatch, scales: list[int]) -> torch.Tensor:
     pixels = to_pixels(batch.images)
     return torch.cat(
-        [pooled_patch_features(vision, pixels[i : i + 256], scales) for i in range(0, len(pixels), 256)]
+        [
+            pooled_patch_features(vision, pixels[i : i + 256], scales)
+            for i in range(0, len(pixels), 256)
+        ]
     )
 
 
@@ -198,7 +203,10 @@ def grade_probe_accuracy(
         for part in (0, 1)
     ]
     fit, held = [
-        (_features(vision, b, detail_scales)[b.grade > 0], torch.from_numpy(b.grade[b.grade > 0] - 1))
+        (
+            _features(vision, b, detail_scales)[b.grade > 0],
+            torch.from_numpy(b.grade[b.grade > 0] - 1),
+        )
         for b in batches
     ]
     mean, std = fit[0].mean(0), fit[0].std(0) + 1e-6

@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"saved {size / 2**20:.1f} MiB to {args.output}", flush=True)
     if not args.no_evaluate:
-        evaluate(args, model_config=data_config(model, n_slides=args.eval_slides, seed=args.seed + 1))
+        evaluate(
+            args, model_config=data_config(model, n_slides=args.eval_slides, seed=args.seed + 1)
+        )
     print(f"done in {(time.time() - started) / 60:.1f} min", flush=True)
 
 

@@ -117,7 +117,5 @@ def render_patch_batch(
         class_index=class_index,
         kind_index=np.asarray([KINDS.index(k) for k in kinds], dtype=np.int64),
         grade=np.asarray([PATCH_CLASSES[c][1] for c in classes], dtype=np.int64),
-        log_density=np.asarray(
-            [_density(*PATCH_CLASSES[c]) for c in classes], dtype=np.float32
-        ),
+        log_density=np.asarray([_density(*PATCH_CLASSES[c]) for c in classes], dtype=np.float32),
     )

@@ -171,7 +171,7 @@ def parse_record(raw: dict, root: Path, where: str = "record") -> Record:
         raise DatasetError(f"{where}: 'attend' must be the path of a mask file.")
     labels = raw.get("labels", "all")
     if labels not in ("all", "last"):
-        raise DatasetError(f"{where}: 'labels' must be \"all\" or \"last\" (answers trained on).")
+        raise DatasetError(f'{where}: \'labels\' must be "all" or "last" (answers trained on).')
     return Record(
         id=rid,
         turns=tuple(turns),

@@ -445,7 +445,12 @@ def _followup_records(ctx: _SlideContext, attend: str | None, n: int) -> list[di
             )
             asked, answered = record["conversations"]
             opening = {**history[0], "value": f"<image>\n{history[0]['value']}"}
-            record["conversations"] = [opening, *history[1:], {**asked, "value": question}, answered]
+            record["conversations"] = [
+                opening,
+                *history[1:],
+                {**asked, "value": question},
+                answered,
+            ]
             record["labels"] = "last"
             records.append(record)
         history += [
@@ -517,7 +522,10 @@ def _nuclei_record(ctx: _SlideContext, lesion_index: int) -> dict:
     if boxes:
         from omnipath.coords import RelBox
 
-        answer = "; ".join(format_rel_box(RelBox(*b), "nucleus", ctx.config.box_decimals) for b in boxes) + "."
+        answer = (
+            "; ".join(format_rel_box(RelBox(*b), "nucleus", ctx.config.box_decimals) for b in boxes)
+            + "."
+        )
     else:
         answer = "There is no nucleus in this patch."
     return _record(ctx, "nuclei", f"nuclei{lesion_index}", question, answer, image=image)
