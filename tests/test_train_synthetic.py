@@ -109,7 +109,8 @@ def test_opt_in_patch_grade_records_are_detail_sized_and_carry_the_lesion_grade(
         assert record["conversations"][1]["value"] == f"Grade {truth.lesions[index].grade}."
         assert "attend" not in record
         patch = Image.open(tmp_path / record["image"])
-        assert patch.size == (128, 128)  # the engine's detail read at 20× (0.5 µm/px)
+        # the engine's detail read: the encoder's detail side at 20× (0.5 µm/px)
+        assert patch.size == (config.detail_side, config.detail_side)
 
 
 def test_nucleus_boxes_find_drawn_nuclei():
