@@ -259,3 +259,27 @@ def test_training_and_serving_share_one_prompt_renderer() -> None:
     from omnipath.train import collator
 
     assert collator.render_chat is prompt.render_chat
+
+
+def test_a_follow_up_record_trains_its_last_answer_only(tmp_path, tokenizer):
+    """`"labels": "last"`: the earlier answers are history (what the engine would have said),
+    not targets; without it every answer is a label."""
+    turns = [
+        {"from": "human", "value": "<image>\nHow many lesions are on this slide?"},
+        {"from": "gpt", "value": "There are 2 lesions."},
+        {"from": "human", "value": "What is its grade?"},
+        {"from": "gpt", "value": "Grade 3."},
+    ]
+    records = [
+        {"id": "last", "image": "wide.png", "conversations": turns, "labels": "last"},
+        {"id": "all", "image": "wide.png", "conversations": turns},
+    ]
+    dataset = ConversationDataset(_write_dataset(tmp_path, records), thumb_side=SIDE, detail_side=8)
+    batch = _collator(tokenizer)([dataset[0], dataset[1]])
+    labels = batch["labels"]
+    texts = [tokenizer.decode(labels[row][labels[row] != IGNORE_INDEX]) for row in range(2)]
+    assert "Grade 3." in texts[0] and "2 lesions" not in texts[0]
+    assert "Grade 3." in texts[1] and "2 lesions" in texts[1]
+    bad = _write_dataset(tmp_path, [{**records[0], "labels": "first"}])
+    with pytest.raises(DatasetError, match="'labels' must be"):
+        read_records(bad)

@@ -151,6 +151,42 @@ def test_lora_trains_the_non_lm_modules_and_saves_an_adapter(tmp_path):
         torch.testing.assert_close(loaded(**batch).logits, reference)
 
 
+def test_a_second_stage_keeps_the_adapter_and_frozen_towers_do_not_move(tmp_path):
+    """omnipath-mini's stages 1 and 2: train() on a model an earlier stage wrapped adds no
+    second LoRA layer, and `frozen_modules` keeps the (stage-0) towers as they were."""
+    pytest.importorskip("peft")
+    model, tokenizer, dataset, collator = _setup(tmp_path)
+    towers = {k: v.detach().clone() for k, v in model.vision.state_dict().items()}
+    first = train(
+        model,
+        dataset,
+        collator,
+        _config(tmp_path / "one", max_steps=2, lora=True, frozen_modules=("vision",)),
+    )
+    second = train(
+        first.model,
+        dataset,
+        collator,
+        _config(tmp_path / "two", max_steps=2, lora=True, frozen_modules=("vision",)),
+    )
+    assert second.model is first.model  # the same PEFT wrapper, not a wrapper around it
+    inner = second.model.base_model.model
+    q_proj = inner.language_model.model.layers[0].self_attn.q_proj
+    assert not hasattr(q_proj.base_layer, "base_layer")  # one LoRA layer, not two nested
+    vision = inner.vision.modules_to_save["default"]
+    for name, value in vision.state_dict().items():
+        assert torch.equal(value, towers[name]), name
+    assert not any(p.requires_grad for p in vision.parameters())
+    projector = inner.projector.modules_to_save["default"]
+    assert all(p.requires_grad for p in projector.parameters())
+
+
+def test_freezing_an_unknown_module_is_a_clear_error(tmp_path):
+    model, tokenizer, dataset, collator = _setup(tmp_path)
+    with pytest.raises(TrainingError, match="Cannot freeze \\['tower'\\]"):
+        train(model, dataset, collator, _config(tmp_path, frozen_modules=("tower",)))
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     model, tokenizer, dataset, collator = _setup(tmp_path, n=3)
     config = _config(tmp_path, max_steps=4, save_every=2, keep_checkpoints=3)
@@ -231,3 +267,19 @@ def test_training_loads_tiny_as_the_server_does() -> None:
         trained.state_dict().items(), served.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_the_probe_target_ranks_every_cell_instead_of_rewarding_one():
+    """v2's loss, −log(Ψ's share on lesion cells), was met by ALL of Ψ on one lesion cell
+    (ranks 2..S became ties). The coverage cross-entropy prefers Ψ spread as the coverage is:
+    more lesion, more attention, and a floor for the rest."""
+    from omnipath.train.probe_loss import coverage_cross_entropy
+
+    coverage = torch.tensor([1.0, 0.6, 0.2, 0.0, 0.0])
+    collapsed = torch.tensor([1.0, 1e-7, 1e-7, 1e-7, 1e-7])
+    graded = coverage + 0.02
+    assert coverage_cross_entropy(graded, coverage) < coverage_cross_entropy(collapsed, coverage)
+    reversed_order = graded.flip(0)
+    assert coverage_cross_entropy(graded, coverage) < coverage_cross_entropy(
+        reversed_order, coverage
+    )

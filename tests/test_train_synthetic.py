@@ -145,3 +145,85 @@ def test_the_set_loads_and_collates_for_tiny(built):
     n_image = int((batch["input_ids"] == config.image_token_id).sum())
     assert n_image == len(dataset) * config.num_image_tokens + n_details * 4
     assert batch["mask_targets"] is not None and batch["mask_maps"] is not None
+
+
+def test_follow_up_conversations_and_descriptions_match_the_ground_truth(tmp_path):
+    """mini v3's records: a follow-up conversation (`FOLLOWUP_TURNS`) gives one record per
+    turn after the count, each trained on its last answer, earlier answers as the engine
+    renders history; a description lists every lesion with kind, grade and box."""
+    from omnipath.synth import read_synthetic_labels
+    from omnipath.train.followups import FOLLOWUP_TURNS, largest_lesion, second_from_left
+
+    config = SyntheticSetConfig(
+        n_slides=1,
+        slide_width=2048,
+        slide_height=1536,
+        seed=11,
+        tasks=("followup", "describe"),
+        probe_ranked=True,
+        box_decimals=2,
+    )
+    paths = build_synthetic_set(tmp_path, config)
+    records = {r["id"]: r for p in paths.values() for r in json.loads(p.read_text())}
+    truth = read_synthetic_labels(tmp_path / "slides" / "slide000.tiff")
+    labels = np.asarray(Image.open(truth.masks_path))
+    largest = largest_lesion([int((labels == les.mask_value).sum()) for les in truth.lesions])
+    second = truth.lesions[second_from_left([les.l0_rect.x for les in truth.lesions])]
+
+    described = records["slide000-describe"]["conversations"][1]["value"]
+    assert described.startswith(f"{len(truth.lesions)} lesion")
+    assert len(parse_box_text(described)) == len(truth.lesions)
+    for lesion in truth.lesions:
+        assert f"grade-{lesion.grade} {lesion.kind}" in described
+
+    turns = [records[f"slide000-followup0_{t}"] for t in (1, 2, 3)]
+    for t, record in enumerate(turns, start=1):
+        conversation = record["conversations"]
+        assert record["labels"] == "last" and len(conversation) == 2 * (t + 1)
+        questions = [c["value"] for c in conversation[::2]]
+        assert questions[0] == f"<image>\n{FOLLOWUP_TURNS[0][1]}"
+        assert questions[1:] == [q for _, q, _ in FOLLOWUP_TURNS[1 : t + 1]]
+        # history as the engine renders it: an earlier answer's <mask> is plain text
+        assert all("<mask>" not in c["value"] for c in conversation[1:-1])
+        assert len(record["details"]) == config.detail_patches
+    segment, grade, box = (r["conversations"][-1] for r in turns)
+    assert segment["value"] == "Here it is: <mask>"
+    assert segment["masks"] == [f"masks/slide000_lesion{largest}.png"]
+    assert grade["value"] == f"Grade {truth.lesions[largest].grade}."
+    (answered,) = parse_box_text(box["value"])
+    rel = l0_to_rel(second.l0_rect, truth.width, truth.height)
+    assert abs(answered.x0 - rel.x0) <= 0.006 and abs(answered.y1 - rel.y1) <= 0.006
+    assert box["value"].startswith(second.kind)
+
+
+def test_probe_ranked_details_come_best_first_and_hold_the_asked_lesion(tmp_path):
+    """With `probe_ranked`, a grade record's detail patches are in rank order (Detail 1, 2,
+    ...) and include a read of the lesion asked about, as a trained probe would pick."""
+    config = SyntheticSetConfig(
+        n_slides=1,
+        slide_width=2048,
+        slide_height=1536,
+        seed=11,
+        tasks=("grade",),
+        probe_ranked=True,
+        grid=16,  # omnipath-mini v3's grid: every lesion holds a cell's read
+    )
+    paths = build_synthetic_set(tmp_path, config)
+    from omnipath.synth import read_synthetic_labels
+
+    truth = read_synthetic_labels(tmp_path / "slides" / "slide000.tiff")
+    labels = np.asarray(Image.open(truth.masks_path))
+    down = truth.mask_downsample
+    for record in (r for p in paths.values() for r in json.loads(p.read_text())):
+        index = int(record["id"].rsplit("grade", 1)[1])
+        texts = [d["text"] for d in record["details"]]
+        assert [t.split(" at ")[0] for t in texts] == [f"Detail {k}" for k in range(1, 5)]
+        value = truth.lesions[index].mask_value
+        on_lesion = []
+        for text in texts:
+            xs, ys = (part.split()[-1] for part in text.rstrip(":").split(", "))
+            x0, x1 = (float(v) * truth.width / down for v in xs.split("-"))
+            y0, y1 = (float(v) * truth.height / down for v in ys.split("-"))
+            crop = labels[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1]
+            on_lesion.append(bool((crop == value).any()))
+        assert any(on_lesion)

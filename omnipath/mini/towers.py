@@ -86,6 +86,7 @@ def pretrain_towers(
     batch_size: int = 64,
     thumbs_per_step: int = 4,
     lr: float = 1e-3,
+    probe_textures: int = 240,
     time_limit_s: float | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -154,6 +155,7 @@ def pretrain_towers(
         slide_mpp=slide_mpp,
         detail_mpp=detail_mpp,
         seed=seed,
+        n_textures=probe_textures,
     )
     if progress:
         print(f"stage 0: grade linear probe {100 * accuracy:.1f} % on {n_probe} held-out patches")

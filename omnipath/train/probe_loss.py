@@ -77,6 +77,14 @@ def captured_decoder_inputs(omnipath_model: nn.Module):
         handle.remove()
 
 
+def coverage_cross_entropy(psi_cells: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    """−Σ q·log p over N cells: p = Ψ renormalized over the cells, q ∝ coverage + FLOOR.
+    psi_cells N (attention weights, ≥ 0); coverage N in [0, 1]."""
+    p = psi_cells / psi_cells.sum()
+    q = (coverage + FLOOR) / (coverage + FLOOR).sum()
+    return -(q * torch.log(p.clamp_min(1e-12))).sum()
+
+
 def probe_attention_loss(
     omnipath_model: nn.Module,
     inputs_embeds: torch.Tensor,
@@ -109,8 +117,5 @@ def probe_attention_loss(
         position_ids = torch.arange(probe + 1, device=hidden.device).unsqueeze(0)
         cos, sin = decoder.rotary_emb(hidden, position_ids)
         psi = pgdfc.last_token_attention_row(attn, hidden, (cos, sin)).mean(dim=1)[0]
-        on_cells = psi[image_positions[:n_cells]]
-        p = on_cells / on_cells.sum()
-        q = (target + FLOOR) / (target + FLOOR).sum()
-        losses.append(-(q * torch.log(p.clamp_min(1e-12))).sum())
+        losses.append(coverage_cross_entropy(psi[image_positions[:n_cells]], target))
     return torch.stack(losses).mean() if losses else None
