@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = _load(args.model)
     config = model.config
     dataset = ConversationDataset(
-        args.data, thumb_side=model.thumb_side, detail_side=model.thumb_side
+        args.data, thumb_side=model.thumb_side, detail_side=model.detail_side
     )
     collator = ConversationCollator(
         tokenizer,
