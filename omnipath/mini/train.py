@@ -203,10 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         tokens_per_patch=pgdfc_config.tokens_per_patch,
     )
 
-    def stage(name: str, chosen, minutes: float, epochs: float, warmup: float) -> TrainConfig:
+    def stage(name: str, chosen, minutes: float, steps: int, warmup: float) -> TrainConfig:
         return TrainConfig(
             output_dir=str(args.run_dir / name),
-            epochs=epochs,
+            max_steps=steps,
             lr=args.lr,
             new_module_lr=args.new_module_lr,
             warmup_ratio=warmup,
@@ -229,15 +229,24 @@ def main(argv: list[str] | None = None) -> None:
 
     stages = []
     aligned = [r for r in records if r.task in STAGE1_TASKS]
-    for name, chosen, minutes, epochs, warmup in (
-        ("stage1", aligned, args.stage1_minutes, 2.0, 0.1),
-        ("stage2", records, args.stage2_minutes, args.stage2_epochs, 0.05),
+    # Stage 1 has a fixed number of steps; its pace sets stage 2's: the cosine schedule must
+    # reach its end within the time budget (a run cut by the clock ends at a high learning
+    # rate). Stage 2's records are longer (history, boxes): ~1.25× a stage-1 step.
+    seconds_per_step = None
+    for name, chosen, minutes, warmup in (
+        ("stage1", aligned, args.stage1_minutes, 0.1),
+        ("stage2", records, args.stage2_minutes, 0.05),
     ):
-        settings = stage(name, chosen, minutes, epochs, warmup)
+        steps = round(args.stage1_minutes * 60 / 4.0)  # ~4 s a step on 2 cores
+        if seconds_per_step is not None:
+            fit = int(args.stage2_minutes * 60 / (1.25 * seconds_per_step))
+            steps = max(1, min(fit, round(args.stage2_epochs * len(chosen))))
+        settings = stage(name, chosen, minutes, steps, warmup)
         stage_started = time.time()
         result = train(model, dataset(chosen), collator, settings, resume=True)
         model = result.model
         stages.append((settings, result, time.time() - stage_started))
+        seconds_per_step = (time.time() - stage_started) / max(1, result.steps)
 
     size = export_weights(model, args.output)
     command = "python -m omnipath.mini.train " + " ".join(
