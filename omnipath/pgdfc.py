@@ -400,8 +400,14 @@ def read_detail_patches(slide: Any, rects: Sequence[L0Rect], out_side: int) -> t
 
 def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL RGB images of one size → B×3×H×W float32 in [0, 1]."""
-    arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
-    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return rgb_arrays_to_tensor(
+        np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
+    )
+
+
+def rgb_arrays_to_tensor(arrays: np.ndarray) -> torch.Tensor:
+    """B×H×W×3 uint8 → B×3×H×W float32 in [0, 1]."""
+    stacked = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).contiguous()
     return stacked.float().div_(255.0)
 
 

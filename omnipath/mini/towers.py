@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnipath.pgdfc import rgb_arrays_to_tensor
 from omnipath.synth.patches import PATCH_CLASSES, PatchBatch, render_patch_batch
 
 # Thumbnail cell targets, in this channel order.
@@ -53,11 +54,6 @@ class TowerReport:
     probe_accuracy: float  # linear probe of the grade, held-out patches
     probe_patches: int  # held-out lesion patches it was measured on
     patches: int  # distinct training patches rendered
-
-
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """N×H×W×3 uint8 → N×3×H×W float32 in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def pooled_patch_features(
@@ -102,7 +98,7 @@ def pretrain_towers(
             f"stage 0: {len(pool.images)} patches rendered in {time.monotonic() - started:.0f} s",
             flush=True,
         )
-    pixels = to_pixels(pool.images)
+    pixels = rgb_arrays_to_tensor(pool.images)
     classes = torch.from_numpy(pool.class_index)
     density = torch.from_numpy(pool.log_density)
     channels = vision.channels
@@ -172,7 +168,7 @@ def pretrain_towers(
 
 @torch.no_grad()
 def _features(vision: nn.Module, batch: PatchBatch, scales: list[int]) -> torch.Tensor:
-    pixels = to_pixels(batch.images)
+    pixels = rgb_arrays_to_tensor(batch.images)
     return torch.cat(
         [
             pooled_patch_features(vision, pixels[i : i + 256], scales)

@@ -232,13 +232,13 @@ def main(argv: list[str] | None = None) -> None:
     # Stage 1 has a fixed number of steps; its pace sets stage 2's: the cosine schedule must
     # reach its end within the time budget (a run cut by the clock ends at a high learning
     # rate). Stage 2's records are longer (history, boxes): ~1.25× a stage-1 step.
-    seconds_per_step = None
+    steps = round(args.stage1_minutes * 60 / 4.0)  # ~4 s a step on 2 cores
     for name, chosen, minutes, warmup in (
         ("stage1", aligned, args.stage1_minutes, 0.1),
         ("stage2", records, args.stage2_minutes, 0.05),
     ):
-        steps = round(args.stage1_minutes * 60 / 4.0)  # ~4 s a step on 2 cores
-        if seconds_per_step is not None:
+        if stages:  # stage 2: as many steps as stage 1's pace fits in its minutes
+            seconds_per_step = stages[-1][2] / max(1, stages[-1][1].steps)
             fit = int(args.stage2_minutes * 60 / (1.25 * seconds_per_step))
             steps = max(1, min(fit, round(args.stage2_epochs * len(chosen))))
         settings = stage(name, chosen, minutes, steps, warmup)
@@ -246,7 +246,6 @@ def main(argv: list[str] | None = None) -> None:
         result = train(model, dataset(chosen), collator, settings, resume=True)
         model = result.model
         stages.append((settings, result, time.time() - stage_started))
-        seconds_per_step = (time.time() - stage_started) / max(1, result.steps)
 
     size = export_weights(model, args.output)
     command = "python -m omnipath.mini.train " + " ".join(
@@ -263,20 +262,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"saved {size / 2**20:.1f} MiB to {args.output}", flush=True)
     if not args.no_evaluate:
-        evaluate(
-            args, model_config=data_config(model, n_slides=args.eval_slides, seed=args.seed + 1)
-        )
+        evaluate(args, other_set=data_config(model, n_slides=args.eval_slides, seed=args.seed + 1))
     print(f"done in {(time.time() - started) / 60:.1f} min", flush=True)
 
 
-def evaluate(args, *, model_config) -> None:
+def evaluate(args, *, other_set) -> None:
     """bench/ablation.py on the held-out split and on a set of another seed; it writes the
     card's Evaluation section (a retrained model never keeps a stale one)."""
     if not ABLATION_SCRIPT.is_file():
         print(f"{ABLATION_SCRIPT} is not in this checkout: the card has no Evaluation.")
         return
-    other = args.data.with_name(args.data.name + f"-seed{model_config.seed}")
-    build_data(other, model_config)
+    other = args.data.with_name(args.data.name + f"-seed{other_set.seed}")
+    build_data(other, other_set)
     subprocess.run(
         [
             sys.executable,

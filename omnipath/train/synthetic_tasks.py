@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,8 @@ class _SlideContext:
         binary = np.isin(np.asarray(self.label_map), values).astype(np.uint8) * 255
         return self.save(Image.fromarray(binary), "masks", "lesions")
 
-    def _read_rects(self) -> dict[tuple[int, int], L0Rect]:
+    @cached_property
+    def read_rects(self) -> dict[tuple[int, int], L0Rect]:
         """The engine's read rectangle of every tissue cell (grid_row, grid_col)."""
         from omnipath import pgdfc
 
@@ -237,6 +239,15 @@ class _SlideContext:
         value = self.truth.lesions[lesion_index].mask_value
         return float((crop == value).mean()) if crop.size else 0.0
 
+    @cached_property
+    def any_lesion_coverage(self) -> dict[tuple[int, int], float]:
+        """Per tissue cell: the fraction of its read on any lesion (what a good probe ranks by)."""
+        lesions = range(len(self.truth.lesions))
+        return {
+            cell: sum(self.lesion_fraction(rect, i) for i in lesions)
+            for cell, rect in self.read_rects.items()
+        }
+
     def details(self, lesion_index: int | None) -> list[dict]:
         """Detail patches as the engine reads them, S = config.detail_patches.
 
@@ -246,7 +257,7 @@ class _SlideContext:
         most on the asked lesion kept in; then tissue cells. Otherwise (v2): the cells whose
         read covers the asked lesion most (at most 2), then random tissue cells, shuffled."""
         config = self.config
-        rects = self._read_rects()
+        rects = self.read_rects
         cells = sorted(rects)
         chosen: list[tuple[int, int]] = []
         if lesion_index is not None:
@@ -254,10 +265,7 @@ class _SlideContext:
             cover.sort(key=lambda item: -item[0])
             chosen = [c for fraction, c in cover[:2] if fraction > 0.05]
         if config.probe_ranked:
-            anywhere = {
-                c: sum(self.lesion_fraction(rects[c], i) for i in range(len(self.truth.lesions)))
-                for c in cells
-            }
+            anywhere = self.any_lesion_coverage
             noise = dict(zip(cells, self.rng.uniform(0.0, 0.1, size=len(cells)), strict=True))
             ranked = sorted(cells, key=lambda c: -(anywhere[c] + noise[c]))
             rest = [c for c in ranked if c not in chosen]
